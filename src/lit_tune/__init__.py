@@ -1,0 +1,1 @@
+"""lit_tune: tune PyTorch Lightning models with Hydra, Optuna and MLflow."""

@@ -1,0 +1,96 @@
+"""Checks on a composed config, so that bad input fails in one line before anything runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from lit_tune.models import ACTIVATIONS
+
+
+class ConfigError(ValueError):
+    """Bad input; the message is one line that names the key and what it allows."""
+
+
+def auto_precision() -> str:
+    """bf16-mixed on a GPU that has bf16, else full fp32."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+OmegaConf.register_new_resolver("lit_tune.precision", auto_precision, replace=True)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+Rule = tuple[Callable[[Any], bool], str]
+POSITIVE_INT: Rule = (lambda v: _is_int(v) and v > 0, "an integer > 0")
+NON_NEGATIVE_INT: Rule = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+POSITIVE: Rule = (lambda v: _is_number(v) and v > 0, "a number > 0")
+NON_NEGATIVE: Rule = (lambda v: _is_number(v) and v >= 0, "a number >= 0")
+FRACTION: Rule = (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")
+PROBABILITY: Rule = (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+
+
+def _one_of(*allowed: str) -> Rule:
+    return (lambda v: v in allowed, "one of " + ", ".join(allowed))
+
+
+def _list_of_positive_ints(v: Any) -> bool:
+    return v is None or (isinstance(v, list) and len(v) > 0 and all(POSITIVE_INT[0](w) for w in v))
+
+
+# Keys that a config may or may not have (model.width only exists for the MLP); a key
+# that is absent is not checked.
+RULES: dict[str, Rule] = {
+    "seed": NON_NEGATIVE_INT,
+    "objective.mode": _one_of("max", "min"),
+    "data.batch_size": POSITIVE_INT,
+    "data.val_fraction": FRACTION,
+    "data.test_fraction": FRACTION,
+    "model.hidden_layers": NON_NEGATIVE_INT,
+    "model.width": POSITIVE_INT,
+    "model.widths": (_list_of_positive_ints, "null or a non-empty list of integers > 0"),
+    "model.taper": POSITIVE,
+    "model.activation": _one_of(*ACTIVATIONS),
+    "model.dropout": PROBABILITY,
+    "model.channels": POSITIVE_INT,
+    "model.depth": POSITIVE_INT,
+    "model.kernel_size": POSITIVE_INT,
+    "optimizer.lr": POSITIVE,
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "optimizer.momentum": PROBABILITY,
+    "trainer.max_epochs": POSITIVE_INT,
+}
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise ConfigError for a missing mandatory value or a value outside what its key allows."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        raise ConfigError(
+            f"{error.full_key}: missing mandatory value; set it on the command line "
+            f"({error.full_key}=...)"
+        ) from None
+    except InterpolationResolutionError as error:
+        raise ConfigError(f"{error.full_key}: {error.msg.splitlines()[0]}") from None
+    for key, (ok, allowed) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=KeyError)
+        if value is KeyError:
+            continue
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_object(value)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r}: must be {allowed}")

@@ -1,0 +1,107 @@
+"""MLflow: the logger of `conf/logger/mlflow.yaml` and what a finished run records beyond metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: no display on servers and in sweeps
+import matplotlib.pyplot as plt
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import Logger, MLFlowLogger
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from mlflow import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+SQLITE = "sqlite:///"
+
+
+def mlflow_logger(
+    experiment_name: str,
+    tracking_uri: str,
+    artifact_location: str,
+    run_name: str | None = None,
+    log_model: bool = True,
+) -> MLFlowLogger:
+    """Lightning's MLFlowLogger on our store, the run tagged with the Hydra overrides."""
+    if tracking_uri.startswith(SQLITE):
+        Path(tracking_uri.removeprefix(SQLITE)).parent.mkdir(parents=True, exist_ok=True)
+    tags = {}
+    if HydraConfig.initialized():
+        tags["hydra.overrides"] = " ".join(HydraConfig.get().overrides.task) or "(none)"
+    return MLFlowLogger(
+        experiment_name=experiment_name,
+        tracking_uri=tracking_uri,
+        artifact_location=Path(artifact_location).resolve().as_uri(),
+        run_name=run_name,
+        tags=tags,
+        log_model=log_model,
+    )
+
+
+def flatten(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as {"model.width": 256, ...}, the keys as Hydra overrides spell them."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix.rstrip(".")] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def log_results(loggers: list[Logger], cfg: DictConfig, confusion: Tensor | None) -> None:
+    """Add the resolved config, the learning curves and the confusion matrix to an MLflow run."""
+    for logger in loggers:
+        if not isinstance(logger, MLFlowLogger):
+            continue
+        client: MlflowClient = logger.experiment
+        run_id = logger.run_id
+        assert run_id is not None
+        client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        client.log_figure(run_id, learning_curves(client, run_id), "plots/learning_curves.png")
+        if confusion is not None:
+            client.log_figure(run_id, confusion_matrix(confusion), "plots/confusion_matrix.png")
+        plt.close("all")
+
+
+def learning_curves(client: MlflowClient, run_id: str) -> Figure:
+    """Loss (left axis) and validation accuracy (right axis) per epoch, read back from MLflow."""
+    fig, loss_ax = plt.subplots(figsize=(6, 4))
+    acc_ax = loss_ax.twinx()
+    for key, ax, style in [
+        ("train/loss", loss_ax, "C0-"),
+        ("val/loss", loss_ax, "C1-"),
+        ("val/acc", acc_ax, "C2--"),
+    ]:
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        ax.plot(range(1, len(history) + 1), [m.value for m in history], style, label=key)
+    loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    acc_ax.set_ylabel("accuracy")
+    fig.legend(loc="upper center", ncol=3)
+    return fig
+
+
+def confusion_matrix(counts: Tensor) -> Figure:
+    """Test-set confusion matrix: true class by row, predicted class by column."""
+    n = counts.shape[0]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(counts.numpy(), cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return fig
