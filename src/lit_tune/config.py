@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
@@ -23,7 +26,7 @@ def auto_precision() -> str:
     return "32-true"
 
 
-OmegaConf.register_new_resolver("lit_tune.precision", auto_precision, replace=True)
+OmegaConf.register_resolver("lit_tune.precision", auto_precision, replace=True)
 
 
 def _is_int(v: Any) -> bool:
@@ -71,6 +74,14 @@ RULES: dict[str, Rule] = {
     "optimizer.lr": POSITIVE,
     "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.momentum": PROBABILITY,
+    "scheduler.decay": NON_NEGATIVE,
+    "scheduler.step_size": POSITIVE_INT,
+    "scheduler.factor": FRACTION,
+    "scheduler.s": POSITIVE,
+    "scheduler.c": NON_NEGATIVE,
+    "scheduler.max_lr": POSITIVE,
+    "scheduler.patience": NON_NEGATIVE_INT,
+    "scheduler.warmup_fraction": PROBABILITY,
     "trainer.max_epochs": POSITIVE_INT,
 }
 
@@ -94,3 +105,33 @@ def check(cfg: DictConfig) -> None:
             value = OmegaConf.to_object(value)
         if not ok(value):
             raise ConfigError(f"{key}={value!r}: must be {allowed}")
+
+
+def check_choices(args: list[str], conf_dir: Path) -> None:
+    """Raise ConfigError when a command-line `group=option` names an option with no yaml.
+
+    Hydra reports this too, but over a dozen lines; malformed overrides are left to Hydra.
+    """
+    parser = OverridesParser.create()
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except OverrideParseException:
+            continue
+        group = conf_dir / override.key_or_group
+        if override.is_delete() or override.package or not group.is_dir():
+            continue
+        if override.is_choice_sweep():
+            chosen = list(override.sweep_string_iterator())
+        elif override.is_sweep_override():
+            continue
+        else:
+            chosen = [override.get_value_element_as_str()]
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        for option in chosen:
+            if option not in options:
+                raise ConfigError(
+                    f"{override.key_or_group}={option}: no such option; one of {', '.join(options)}"
+                )

@@ -127,7 +127,7 @@ class MNIST(InMemoryData):
         self.download = download
 
     def prepare_data(self) -> None:
-        raw = Path(self.data_dir) / self.dataset.__name__ / "raw"
+        raw = (Path(self.data_dir) / self.dataset.__name__ / "raw").resolve()
         try:
             self.dataset(self.data_dir, train=True, download=self.download)
             self.dataset(self.data_dir, train=False, download=self.download)

@@ -5,15 +5,20 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import execution_whitelist, instantiate
-from omegaconf import DictConfig
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf
 
 from lit_tune import tracking
-from lit_tune.config import ConfigError, check
+from lit_tune.config import ConfigError, check, check_choices
 from lit_tune.module import Classifier, count_parameters
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -32,20 +37,23 @@ def train(cfg: DictConfig) -> float:
 def _train(cfg: DictConfig) -> float:
     check(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    datamodule = _build(cfg, "data")
     datamodule.prepare_data()  # a missing data set fails here, before any run is recorded
-    net = instantiate(
-        cfg.model, input_shape=datamodule.input_shape, num_classes=datamodule.num_classes
+    net = _build(
+        cfg, "model", input_shape=datamodule.input_shape, num_classes=datamodule.num_classes
     )
-    module = Classifier(
-        net,
-        num_classes=datamodule.num_classes,
-        optimizer=instantiate(cfg.optimizer, _convert_="all"),
-        scheduler=instantiate(cfg.scheduler),
-    )
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
-    logger = instantiate(cfg.logger) if cfg.logger else False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    optimizer = _build(cfg, "optimizer", _convert_="all")
+    scheduler = _build(cfg, "scheduler")
+    with _config_errors("optimizer"):  # the partials fail now on a bad argument, not mid-run
+        trial_optimizer = optimizer(net.parameters())
+    with _config_errors("scheduler"):
+        scheduler(trial_optimizer, total_steps=100)
+    module = Classifier(net, datamodule.num_classes, optimizer, scheduler)
+    logger = _build(cfg, "logger") if cfg.logger else False
+    callbacks = [_build(cfg, f"callbacks.{name}") for name in cfg.callbacks or {}]
+    if not logger:  # Lightning refuses an LR monitor with nowhere to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer: L.Trainer = _build(cfg, "trainer", callbacks=callbacks, logger=logger)
     try:
         for each in trainer.loggers:  # under fast_dev_run, Lightning's no-op logger
             each.log_hyperparams({**tracking.flatten(cfg), "num_parameters": count_parameters(net)})
@@ -65,6 +73,21 @@ def _train(cfg: DictConfig) -> float:
     return objective
 
 
+def _build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """instantiate(cfg.<key>); a constructor that rejects its arguments is a config error."""
+    with _config_errors(key):
+        return instantiate(OmegaConf.select(cfg, key), **kwargs)
+
+
+@contextmanager
+def _config_errors(key: str) -> Iterator[None]:
+    try:
+        yield
+    except (InstantiationException, TypeError, ValueError) as error:
+        message = str(error.__cause__ or error).splitlines()[0]
+        raise ConfigError(f"{key}: {message}") from error
+
+
 def _objective(trainer: L.Trainer, metric: str) -> float:
     if metric not in trainer.callback_metrics:
         logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
@@ -75,11 +98,23 @@ def _objective(trainer: L.Trainer, metric: str) -> float:
     return value
 
 
-@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float:
-    """`python train.py [overrides]`, `python train.py -m [sweep overrides]`."""
-    try:
+def main() -> None:
+    """`python train.py [overrides]` trains once, `python train.py -m [sweep overrides]` sweeps."""
+    with _one_line_errors():
+        check_choices(sys.argv[1:], Path(CONF_DIR))
+    _hydra_main()
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    with _one_line_errors():
         return train(cfg)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
     except ConfigError as error:
         print(f"Error: {error}", file=sys.stderr)
         sys.exit(2)
