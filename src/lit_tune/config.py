@@ -96,7 +96,7 @@ def check(cfg: DictConfig) -> None:
             f"({error.full_key}=...)"
         ) from None
     except InterpolationResolutionError as error:
-        raise ConfigError(f"{error.full_key}: {error.msg.splitlines()[0]}") from None
+        raise ConfigError(f"{error.full_key}: {str(error.msg).splitlines()[0]}") from None
     for key, (ok, allowed) in RULES.items():
         value = OmegaConf.select(cfg, key, default=KeyError)
         if value is KeyError:

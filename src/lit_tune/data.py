@@ -8,6 +8,7 @@ operation (no per-sample Python, no PIL, no worker processes).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -33,7 +34,8 @@ class _BatchTensors(TensorDataset):
         return tuple(t[index] for t in self.tensors)
 
 
-def _as_batch(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+def _as_batch(batch: Any) -> Any:
+    # __getitems__ already made the batch; the default collate would re-stack it.
     return batch
 
 

@@ -102,7 +102,9 @@ class CNN(nn.Module):
         for i in range(depth):
             out_channels = channels * 2**i
             layers.append(
-                nn.Conv2d(in_channels, out_channels, kernel_size, padding="same", bias=not batch_norm)
+                nn.Conv2d(
+                    in_channels, out_channels, kernel_size, padding="same", bias=not batch_norm
+                )
             )
             if batch_norm:
                 layers.append(nn.BatchNorm2d(out_channels))

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import lightning as L
 import torch.nn.functional as F
+from lightning.pytorch.utilities.types import LRSchedulerConfigType, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from lit_tune.schedules import LRSchedulerConfig
-
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
-SchedulerFactory = Callable[..., LRSchedulerConfig]
+SchedulerFactory = Callable[..., LRSchedulerConfigType]
 
 
 class Classifier(L.LightningModule):
@@ -86,7 +84,7 @@ class Classifier(L.LightningModule):
     def on_fit_start(self) -> None:
         self.val_acc_best.reset()
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = self.optimizer_factory(self.parameters())
         total_steps = int(self.trainer.estimated_stepping_batches)
         return {
@@ -98,4 +96,3 @@ class Classifier(L.LightningModule):
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-

@@ -9,8 +9,9 @@ Epoch-wise schedules see `epoch` = number of epochs finished, so epoch 0 runs at
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Literal
 
+from lightning.pytorch.utilities.types import LRSchedulerConfigType
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (
     CosineAnnealingLR,
@@ -24,39 +25,41 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
-LRSchedulerConfig = dict[str, Any]
 
-
-def _per_epoch(scheduler: LRScheduler | ReduceLROnPlateau, **extra: Any) -> LRSchedulerConfig:
+def _per_epoch(
+    scheduler: LRScheduler | ReduceLROnPlateau, monitor: str | None = None
+) -> LRSchedulerConfigType:
     # "name" makes LearningRateMonitor log the rate as plain `lr`.
-    return {"scheduler": scheduler, "interval": "epoch", "name": "lr", **extra}
+    return {"scheduler": scheduler, "interval": "epoch", "name": "lr", "monitor": monitor}
 
 
-def _per_step(scheduler: LRScheduler) -> LRSchedulerConfig:
+def _per_step(scheduler: LRScheduler) -> LRSchedulerConfigType:
     return {"scheduler": scheduler, "interval": "step", "name": "lr"}
 
 
-def none(optimizer: Optimizer, total_steps: int) -> LRSchedulerConfig:
+def none(optimizer: Optimizer, total_steps: int) -> LRSchedulerConfigType:
     """A constant learning rate."""
     return _per_epoch(LambdaLR(optimizer, lambda epoch: 1.0))
 
 
-def time_decay(optimizer: Optimizer, total_steps: int, decay: float) -> LRSchedulerConfig:
+def time_decay(optimizer: Optimizer, total_steps: int, decay: float) -> LRSchedulerConfigType:
     """lr = lr0 / (1 + decay * epoch)."""
     return _per_epoch(LambdaLR(optimizer, lambda epoch: 1.0 / (1.0 + decay * epoch)))
 
 
-def step(optimizer: Optimizer, total_steps: int, step_size: int, factor: float) -> LRSchedulerConfig:
+def step(
+    optimizer: Optimizer, total_steps: int, step_size: int, factor: float
+) -> LRSchedulerConfigType:
     """lr = lr0 * factor ** floor(epoch / step_size)."""
     return _per_epoch(StepLR(optimizer, step_size=step_size, gamma=factor))
 
 
-def exponential(optimizer: Optimizer, total_steps: int, s: float) -> LRSchedulerConfig:
+def exponential(optimizer: Optimizer, total_steps: int, s: float) -> LRSchedulerConfigType:
     """lr = lr0 * 0.1 ** (epoch / s): ten times smaller every s epochs."""
     return _per_epoch(ExponentialLR(optimizer, gamma=0.1 ** (1.0 / s)))
 
 
-def power(optimizer: Optimizer, total_steps: int, s: float, c: float) -> LRSchedulerConfig:
+def power(optimizer: Optimizer, total_steps: int, s: float, c: float) -> LRSchedulerConfigType:
     """lr = lr0 / (1 + epoch / s) ** c."""
     return _per_epoch(LambdaLR(optimizer, lambda epoch: (1.0 + epoch / s) ** -c))
 
@@ -68,7 +71,7 @@ def one_cycle(
     pct_start: float,
     div_factor: float,
     final_div_factor: float,
-) -> LRSchedulerConfig:
+) -> LRSchedulerConfigType:
     """1cycle: warm up to max_lr for pct_start of the batches, then anneal; per batch."""
     return _per_step(
         OneCycleLR(
@@ -83,8 +86,13 @@ def one_cycle(
 
 
 def plateau(
-    optimizer: Optimizer, total_steps: int, monitor: str, mode: str, factor: float, patience: int
-) -> LRSchedulerConfig:
+    optimizer: Optimizer,
+    total_steps: int,
+    monitor: str,
+    mode: Literal["min", "max"],
+    factor: float,
+    patience: int,
+) -> LRSchedulerConfigType:
     """Performance scheduling: lr *= factor after `patience` epochs without progress."""
     scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience)
     return _per_epoch(scheduler, monitor=monitor)
@@ -92,7 +100,7 @@ def plateau(
 
 def cosine(
     optimizer: Optimizer, total_steps: int, warmup_fraction: float, min_lr: float
-) -> LRSchedulerConfig:
+) -> LRSchedulerConfigType:
     """Linear warmup over warmup_fraction of the batches, then cosine annealing; per batch."""
     warmup = min(max(1, math.ceil(warmup_fraction * total_steps)), total_steps)
     if warmup >= total_steps:

@@ -1,4 +1,4 @@
-"""MLflow: the logger of `conf/logger/mlflow.yaml` and what a finished run records beyond metrics."""
+"""MLflow: the logger of `conf/logger/mlflow.yaml` and what a run records beyond metrics."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def confusion_matrix(counts: Tensor) -> Figure:
     ax.imshow(counts.numpy(), cmap="Blues")
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7)
+            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7)
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
     ax.set_xlabel("predicted")

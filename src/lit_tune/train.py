@@ -1,4 +1,4 @@
-"""One training run: composed config -> instantiated parts -> Trainer -> objective for the sweeper."""
+"""One run: composed config -> instantiated parts -> Trainer -> the objective for the sweeper."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import hydra
 import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import execution_whitelist, instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lit_tune import tracking
@@ -60,7 +60,7 @@ def _train(cfg: DictConfig) -> float:
         trainer.fit(module, datamodule=datamodule)
         objective = _objective(trainer, cfg.objective.metric)
         best = trainer.checkpoint_callback
-        ckpt_path = "best" if best is not None and getattr(best, "best_model_path", "") else None
+        ckpt_path = "best" if isinstance(best, ModelCheckpoint) and best.best_model_path else None
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         tracking.log_results(trainer.loggers, cfg, module.confusion)
     except BaseException:

@@ -1,0 +1,83 @@
+"""Shared helpers: drive the real CLI in a subprocess, compose configs in-process."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`python train.py ARGS` in `cwd` (so outputs/ and mlruns/ land there)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONWARNINGS"] = "ignore"
+    env.setdefault("OMP_NUM_THREADS", "1")  # two test workers on two cores
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def objectives(stdout: str) -> list[float]:
+    """The objective values a run or multirun printed, in order."""
+    return [float(line.rsplit("=", 1)[1]) for line in stdout.splitlines() if "objective " in line]
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def compose_cfg() -> Iterator[object]:
+    """compose(*overrides) -> the DictConfig `python train.py` would get."""
+    import lit_tune.config  # noqa: F401  (registers the resolvers the configs use)
+
+    with initialize_config_dir(str(CONF_DIR)):
+
+        def _compose(*overrides: str) -> DictConfig:
+            return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+        yield _compose
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
+        pytest.skip(f"MNIST IDX files not found under {SHARED_DATA}/MNIST/raw")
+    return SHARED_DATA
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array in the IDX format of MNIST's files (magic 0x0801 / 0x0803)."""
+    header = struct.pack(">I", 0x0800 + array.ndim)
+    header += b"".join(struct.pack(">I", size) for size in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Fashion-MNIST in the real IDX layout: 300 train and 100 test images."""
+    root = tmp_path_factory.mktemp("fashion")
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in [("train", 300), ("t10k", 100)]:
+        write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
+    return root
