@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # before pyplot: no display on servers and in sweeps
 import matplotlib.pyplot as plt
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import Logger, MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from mlflow import MlflowClient
@@ -58,6 +59,7 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+@rank_zero_only  # under DDP, every rank runs train(); one records
 def log_results(loggers: list[Logger], cfg: DictConfig, confusion: Tensor | None) -> None:
     """Add the resolved config, the learning curves and the confusion matrix to an MLflow run."""
     for logger in loggers:
