@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import lightning as L
+import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.types import LRSchedulerConfigType, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
@@ -20,6 +21,8 @@ SchedulerFactory = Callable[..., LRSchedulerConfigType]
 class Classifier(L.LightningModule):
     """Cross-entropy classification. Logs per epoch: train/loss, val/loss, val/acc,
     val/acc_best, epoch_time (s); after testing, test/loss, test/acc and `confusion`."""
+
+    _nonfinite_steps: Tensor
 
     def __init__(
         self,
@@ -37,6 +40,10 @@ class Classifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.confusion: Tensor | None = None
+        # Counted on the device, read once per epoch: divergence costs no per-step sync.
+        self.register_buffer(
+            "_nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False
+        )
         self._epoch_start = 0.0
 
     def forward(self, x: Tensor) -> Tensor:
@@ -47,6 +54,7 @@ class Classifier(L.LightningModule):
         loss = F.cross_entropy(self(x), y)
         # Epoch-level only: a per-step value would force a device sync every batch.
         self.log("train/loss", loss, on_step=False, on_epoch=True)
+        self._nonfinite_steps += ~torch.isfinite(loss)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -80,6 +88,11 @@ class Classifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         # Lightning runs the epoch's validation before this hook, so this is train + val.
         self.log("epoch_time", time.perf_counter() - self._epoch_start)
+        if int(self._nonfinite_steps):  # one sync per epoch
+            raise FloatingPointError(
+                f"diverged: train/loss was not finite in {int(self._nonfinite_steps)} steps "
+                f"of epoch {self.current_epoch}"
+            )
 
     def on_fit_start(self) -> None:
         self.val_acc_best.reset()

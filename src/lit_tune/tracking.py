@@ -18,6 +18,8 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from lit_tune.trial import SweepTrial
+
 SQLITE = "sqlite:///"
 
 
@@ -42,6 +44,38 @@ def mlflow_logger(
         tags=tags,
         log_model=log_model,
     )
+
+
+def nest(loggers: list[Logger], sweep: SweepTrial | None) -> None:
+    """Tag the run-to-be with its trial and nest it under the sweep's parent run."""
+    if sweep is None:
+        return
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            logger.tags = dict(logger.tags or {})
+            logger.tags["optuna.study_name"] = sweep.study_name
+            logger.tags["optuna.trial_number"] = str(sweep.trial.number)
+            if sweep.parent_run_id:
+                logger.tags["mlflow.parentRunId"] = sweep.parent_run_id
+
+
+# How each outcome ends an MLflow run; Optuna records the same outcome for the trial.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+@rank_zero_only
+def finish(loggers: list[Logger], outcome: str, reason: str | None = None) -> None:
+    """Close every logger's run; an MLflow run gets the tag `outcome` (COMPLETE, PRUNED or
+    FAIL) and `fail_reason` or `pruned` saying why."""
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger) and logger.run_id is not None:
+            logger.experiment.set_tag(logger.run_id, "outcome", outcome)
+            if reason:
+                key = "fail_reason" if outcome == "FAIL" else "pruned"
+                logger.experiment.set_tag(logger.run_id, key, reason[:5000])
+            logger.finalize(RUN_STATUS[outcome])
+        else:
+            logger.finalize("success" if outcome == "COMPLETE" else "failed")
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:

@@ -12,7 +12,10 @@ from typing import Any
 
 import hydra
 import lightning as L
+import optuna
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import execution_whitelist, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from lit_tune import tracking
 from lit_tune.config import ConfigError, check, check_choices
 from lit_tune.module import Classifier, count_parameters
+from lit_tune.trial import current_trial
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger(__name__)
@@ -28,13 +32,14 @@ log = logging.getLogger(__name__)
 TRUSTED_TARGETS = ["lit_tune.*", "torch.optim.*", "lightning.pytorch.*"]
 
 
-def train(cfg: DictConfig) -> float:
-    """Train, test the best checkpoint, record the run; return the value of `objective.metric`."""
+def train(cfg: DictConfig) -> float | list[float]:
+    """Train, test the best checkpoint, record the run; return the value of `objective.metric`
+    (followed by those of `objective.extra`, for a multi-objective sweep)."""
     with execution_whitelist(TRUSTED_TARGETS):
         return _train(cfg)
 
 
-def _train(cfg: DictConfig) -> float:
+def _train(cfg: DictConfig) -> float | list[float]:
     check(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = _build(cfg, "data")
@@ -53,24 +58,36 @@ def _train(cfg: DictConfig) -> float:
     callbacks = [_build(cfg, f"callbacks.{name}") for name in cfg.callbacks or {}]
     if not logger:  # Lightning refuses an LR monitor with nowhere to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    sweep = current_trial()  # None unless a lit_tune sweep launched this run
+    pruning = None
+    if sweep is not None:
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        pruning = PyTorchLightningPruningCallback(sweep.trial, monitor=cfg.objective.metric)
+        callbacks.append(pruning)
     trainer: L.Trainer = _build(cfg, "trainer", callbacks=callbacks, logger=logger)
+    tracking.nest(trainer.loggers, sweep)
+    num_parameters = count_parameters(net)
     try:
         for each in trainer.loggers:  # under fast_dev_run, Lightning's no-op logger
-            each.log_hyperparams({**tracking.flatten(cfg), "num_parameters": count_parameters(net)})
+            each.log_hyperparams({**tracking.flatten(cfg), "num_parameters": num_parameters})
         trainer.fit(module, datamodule=datamodule)
-        objective = _objective(trainer, cfg.objective.metric)
+        if pruning is not None:
+            pruning.check_pruned()  # under DDP the callback only flags it
+        values = _objective(trainer, cfg.objective, num_parameters)
         best = trainer.checkpoint_callback
         ckpt_path = "best" if isinstance(best, ModelCheckpoint) and best.best_model_path else None
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         tracking.log_results(trainer.loggers, cfg, module.confusion)
-    except BaseException:
-        for each in trainer.loggers:
-            each.finalize("failed")
+    except optuna.TrialPruned as pruned:
+        tracking.finish(trainer.loggers, "PRUNED", str(pruned))
         raise
-    for each in trainer.loggers:
-        each.finalize("success")
-    log.info("objective %s = %.6f", cfg.objective.metric, objective)
-    return objective
+    except BaseException as error:
+        tracking.finish(trainer.loggers, "FAIL", f"{type(error).__name__}: {error}")
+        raise
+    tracking.finish(trainer.loggers, "COMPLETE")
+    log.info("objective %s = %s", cfg.objective.metric, " ".join(f"{v:.6f}" for v in values))
+    return values[0] if len(values) == 1 else values
 
 
 def _build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -88,14 +105,19 @@ def _config_errors(key: str) -> Iterator[None]:
         raise ConfigError(f"{key}: {message}") from error
 
 
-def _objective(trainer: L.Trainer, metric: str) -> float:
-    if metric not in trainer.callback_metrics:
-        logged = ", ".join(sorted(trainer.callback_metrics)) or "none"
-        raise ConfigError(f"objective.metric={metric!r} was never logged; logged metrics: {logged}")
-    value = float(trainer.callback_metrics[metric])
-    if not math.isfinite(value):
-        log.warning("objective %s is %s", metric, value)
-    return value
+def _objective(trainer: L.Trainer, objective: DictConfig, num_parameters: int) -> list[float]:
+    """The values of objective.metric and objective.extra, in that order; all finite."""
+    logged = {**trainer.callback_metrics, "num_parameters": num_parameters}
+    values = []
+    for metric in [objective.metric, *objective.get("extra", [])]:
+        if metric not in logged:
+            known = ", ".join(sorted(logged))
+            raise ConfigError(f"objective.metric={metric!r} was never logged; logged: {known}")
+        value = float(logged[metric])  # type: ignore[arg-type]
+        if not math.isfinite(value):
+            raise FloatingPointError(f"objective {metric} is {value}")
+        values.append(value)
+    return values
 
 
 def main() -> None:
@@ -106,7 +128,9 @@ def main() -> None:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train")
-def _hydra_main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float | list[float]:
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return train(cfg)  # the sweeper records the error as the trial's failure
     with _one_line_errors():
         return train(cfg)
 

@@ -1,0 +1,384 @@
+"""The sweep loop: ask Optuna for a trial, launch it as one Hydra job, tell Optuna the outcome.
+
+Up to n_jobs trials run at once and a new one starts as soon as any ends (no batches). The
+study is persistent: n_trials is the budget of the whole study, so a re-run resumes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from hydra_plugins.hydra_optuna_sweeper._impl import (
+    OptunaSweeperImpl,
+    create_params_from_overrides,
+)
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from optuna.distributions import BaseDistribution
+from optuna.storages import RetryFailedTrialCallback, fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
+
+from lit_tune.config import ConfigError
+from lit_tune.trial import open_storage
+
+from ._refine import refined_params
+from ._report import ParentRun, mask
+
+log = logging.getLogger(__name__)
+
+FAIL_REASON = "fail_reason"  # user attr of a trial that failed on its own (counts)
+SKIPPED = "skipped"  # user attr of a trial asked beyond the budget by a racing worker
+
+
+def counts(trial: FrozenTrial) -> bool:
+    """Whether a finished trial used up budget: a stale trial failed by the heartbeat
+    (re-queued instead) or a skipped one did not."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and FAIL_REASON in trial.user_attrs
+
+
+class LitTuneSweeperImpl(OptunaSweeperImpl):
+    def __init__(
+        self,
+        sampler: Any,
+        pruner: Any,
+        direction: Any,
+        storage: str | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        custom_search_space: str | None,
+        params: DictConfig | None,
+        heartbeat_interval: int,
+        grace_period: int,
+        refine: DictConfig,
+    ) -> None:
+        from hydra.utils import instantiate
+
+        def build(node: Any) -> Any:
+            allowed = ["optuna.samplers.*", "optuna.pruners.*", "hydra_plugins.*"]
+            return instantiate(node, _execution_whitelist_=allowed)
+
+        if n_trials < 1 or n_jobs < 1:
+            raise ConfigError(
+                f"hydra.sweeper.n_trials={n_trials}, n_jobs={n_jobs}: both must be integers > 0"
+            )
+        if not 0.0 <= max_failure_rate <= 1.0:
+            raise ConfigError(
+                f"hydra.sweeper.max_failure_rate={max_failure_rate}: must be in [0, 1]"
+            )
+        super().__init__(
+            build(sampler),
+            direction,
+            storage,
+            study_name,
+            n_trials,
+            n_jobs,
+            max_failure_rate,
+            custom_search_space,
+            params,
+        )
+        self.pruner = build(pruner)
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.refine = refine
+        self.lock = threading.Lock()
+
+    @property
+    def cfg(self) -> DictConfig:
+        assert self.config is not None, "Hydra calls setup() before sweep()"
+        return self.config
+
+    # -- the study ---------------------------------------------------------------------------
+
+    def _storage_url(self) -> str:
+        if self.storage:
+            return str(self.storage)
+        store = Path(OmegaConf.select(self.cfg, "paths.mlruns", default="."))
+        store.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{store.resolve()}/optuna.db"
+
+    def _study_name(self) -> str:
+        if self.study_name:
+            return str(self.study_name)
+        prefix = OmegaConf.select(self.cfg, "experiment_name", default="sweep")
+        return f"{prefix}-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+    def _open_study(self, url: str, name: str) -> optuna.Study:
+        storage = open_storage(
+            url,
+            heartbeat_interval=self.heartbeat_interval,
+            grace_period=self.grace_period,
+            failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+        )
+        directions = self._get_directions()
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=self.sampler,
+            pruner=self.pruner,
+            directions=directions,  # type: ignore[arg-type]
+            load_if_exists=True,
+        )
+        stored = [d.name.lower() for d in study.directions]
+        if stored != [d.lower() for d in directions]:
+            raise ConfigError(
+                f"hydra.sweeper.direction={directions}: study '{name}' was created with {stored}"
+            )
+        return study
+
+    def _search_space(
+        self, arguments: list[str]
+    ) -> tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]:
+        self._process_searchspace_config()
+        params = self._parse_sweeper_params_config()
+        if self.refine.from_study:
+            coarse = optuna.load_study(
+                study_name=self.refine.from_study, storage=open_storage(self._storage_url())
+            )
+            refined = refined_params(coarse, self.refine.top_k)
+            log.info("Refined search space from study '%s': %s", coarse.study_name, refined)
+            params = [f"{k}={v}" for k, v in refined.items()]
+        distributions, fixed, fixed_overrides = create_params_from_overrides(params + arguments)
+        for name in fixed:
+            distributions.pop(name, None)
+        if isinstance(self.sampler, functools.partial):  # GridSampler needs the grid
+            grid = {k: self._to_grid_sampler_choices(d) for k, d in distributions.items()}
+            self.sampler = self.sampler(grid)
+            self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
+        return distributions, fixed, fixed_overrides
+
+    # -- the budget --------------------------------------------------------------------------
+
+    def _budget_used(self, study: optuna.Study) -> tuple[int, int, int]:
+        """(trials that count, trials running anywhere, failures that count)."""
+        trials = study.get_trials(deepcopy=False)
+        done = sum(counts(t) for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        failed = sum(counts(t) and t.state == TrialState.FAIL for t in trials)
+        return done, running, failed
+
+    def _ask(self, study: optuna.Study) -> optuna.Trial | None:
+        """A new trial if the budget allows one, else None. Several processes may share the
+        study: the trial's number decides, and one asked beyond the budget is closed."""
+        fail_stale_trials(study)
+        done, running, _ = self._budget_used(study)
+        if done + running >= self.n_trials:
+            return None
+        trial = study.ask()
+        earlier = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.number < trial.number and (counts(t) or t.state == TrialState.RUNNING)
+        ]
+        if len(earlier) < self.n_trials:
+            return trial
+        study._storage.set_trial_user_attr(trial._trial_id, SKIPPED, "over budget")
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+
+    # -- one trial ---------------------------------------------------------------------------
+
+    def _launch(self, overrides: list[str], number: int) -> JobReturn:
+        assert self.launcher is not None
+        return self.launcher.launch([overrides], initial_job_idx=number)[0]
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn) -> TrialState:
+        error = ret._return_value if ret.status == JobStatus.FAILED else None
+        values: list[float] | None = None
+        if error is None:
+            raw = ret.return_value
+            values = [float(v) for v in (raw if isinstance(raw, list | tuple) else [raw])]
+            if len(values) != len(study.directions):
+                error = ValueError(
+                    f"got {len(values)} objective values for {len(study.directions)} directions"
+                )
+            elif not all(math.isfinite(v) for v in values):
+                error = ValueError(f"objective is not finite: {values}")
+        if isinstance(error, optuna.TrialPruned):
+            study.tell(trial, state=TrialState.PRUNED)
+            return TrialState.PRUNED
+        if error is not None:
+            reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+            trial.set_user_attr(FAIL_REASON, reason)
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("Trial %d failed: %s", trial.number, reason)
+            return TrialState.FAIL
+        study.tell(trial, values=values)
+        return TrialState.COMPLETE
+
+    # -- the sweep ---------------------------------------------------------------------------
+
+    def sweep(self, arguments: list[str]) -> None:
+        assert self.config is not None and self.launcher is not None
+        distributions, fixed, fixed_overrides = self._search_space(arguments)
+        url, name = self._storage_url(), self._study_name()
+        study = self._open_study(url, name)
+        log.info(
+            "Study '%s' in %s: %d trials in all, %d at a time, sampler %s, pruner %s",
+            name,
+            mask(url),
+            self.n_trials,
+            self.n_jobs,
+            type(self.sampler).__name__,
+            type(self.pruner).__name__,
+        )
+        parent = ParentRun.open(self.cfg, study, distributions)
+        self._pin(study_name=name, storage=url)
+        parallel = self.launcher.__class__.__name__ != "BasicLauncher"  # in-process: one at a time
+        slots = self.n_jobs if parallel else 1
+        if self.n_jobs > 1 and not parallel:
+            log.warning(
+                "n_jobs=%d needs a parallel launcher (hydra/launcher=joblib); running "
+                "one trial at a time",
+                self.n_jobs,
+            )
+        status = "FAILED"
+        try:
+            self._run(study, slots, distributions, fixed, fixed_overrides)
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            log.error(
+                "Interrupted. Resume with the same command and hydra.sweeper.study_name=%s", name
+            )
+            raise
+        finally:
+            self._write_results(study)
+            if parent is not None:
+                parent.close(study, status)
+
+    def _pin(self, **values: str) -> None:
+        """Fix hydra.sweeper values in the config every job is composed from: a run finds its
+        trial through them, and Hydra requires a job's hydra.sweeper to equal the sweep's."""
+        sweeper, recorded = self.cfg.hydra.sweeper, self.cfg.hydra.overrides.hydra
+        with read_write(sweeper), open_dict(sweeper), read_write(recorded):
+            for key, value in values.items():
+                sweeper[key] = value
+                recorded.append(f"hydra.sweeper.{key}={_quote(value)}")
+
+    def _run(
+        self,
+        study: optuna.Study,
+        slots: int,
+        distributions: dict[str, BaseDistribution],
+        fixed: dict[str, Any],
+        fixed_overrides: list[str],
+    ) -> None:
+        running: dict[Future[JobReturn], optuna.Trial] = {}
+        stop = threading.Event()
+        beating = threading.Thread(target=self._heartbeat, args=(study, running, stop), daemon=True)
+        beating.start()
+        started = time.monotonic()
+        too_many_failures = False
+        try:
+            with ThreadPoolExecutor(max_workers=slots) as pool:
+                while True:
+                    while len(running) < slots and not too_many_failures:
+                        trial = self._ask(study)
+                        if trial is None:
+                            break
+                        (overrides,) = self._configure_trials(
+                            [trial], distributions, fixed, fixed_overrides
+                        )
+                        with self.lock:
+                            running[pool.submit(self._launch, overrides, trial.number)] = trial
+                    if not running:
+                        done, others, _ = self._budget_used(study)
+                        if too_many_failures or not others or done >= self.n_trials:
+                            break
+                        time.sleep(self.heartbeat_interval)  # another worker's trials, or stale
+                        continue
+                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        with self.lock:
+                            trial = running.pop(future)
+                        state = self._tell(study, trial, future.result())
+                        self._progress(study, trial, state, started)
+                    _, _, failed = self._budget_used(study)
+                    if failed > self.max_failure_rate * self.n_trials:
+                        too_many_failures = True
+        finally:
+            stop.set()
+        if too_many_failures:
+            raise RuntimeError(
+                f"{failed} trials failed, more than max_failure_rate={self.max_failure_rate} of "
+                f"n_trials={self.n_trials}; see the trials' fail_reason"
+            )
+
+    def _heartbeat(
+        self,
+        study: optuna.Study,
+        running: dict[Future[JobReturn], optuna.Trial],
+        stop: threading.Event,
+    ) -> None:
+        storage = study._storage
+        while not stop.wait(self.heartbeat_interval):
+            with self.lock:
+                trial_ids = [t._trial_id for t in running.values()]
+            for trial_id in trial_ids:
+                try:
+                    storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+                except Exception as error:  # a missed beat must not end the sweep
+                    log.debug("heartbeat failed: %s", error)
+
+    def _progress(
+        self, study: optuna.Study, trial: optuna.Trial, state: TrialState, started: float
+    ) -> None:
+        done, _, _ = self._budget_used(study)
+        frozen = study._storage.get_trial(trial._trial_id)
+        value = "-" if frozen.values is None else ", ".join(f"{v:.4g}" for v in frozen.values)
+        try:
+            best = (
+                ", ".join(f"{v:.4g}" for v in study.best_trial.values)
+                if len(study.directions) == 1
+                else f"{len(study.best_trials)} on the Pareto front"
+            )
+        except ValueError:
+            best = "-"
+        elapsed = time.monotonic() - started
+        remaining = elapsed / max(done, 1) * max(self.n_trials - done, 0)
+        log.info(
+            "trial %d done %d/%d: %s value %s, best %s; elapsed %.0fs, about %.0fs to go",
+            trial.number,
+            done,
+            self.n_trials,
+            state.name,
+            value,
+            best,
+            elapsed,
+            remaining,
+        )
+
+    def _write_results(self, study: optuna.Study) -> None:
+        results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name}
+        try:
+            if len(study.directions) == 1:
+                results |= {"best_params": study.best_trial.params, "best_value": study.best_value}
+            else:
+                results["solutions"] = [
+                    {"params": t.params, "values": t.values} for t in study.best_trials
+                ]
+        except ValueError:
+            results["best_params"] = None  # no trial completed
+        Path(str(self.cfg.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(
+            OmegaConf.create(results), f"{self.cfg.hydra.sweep.dir}/optimization_results.yaml"
+        )
+        log.info("Results: %s/optimization_results.yaml", self.cfg.hydra.sweep.dir)
+
+
+def _quote(value: str) -> str:
+    """A Hydra override value that survives the override grammar."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -1,0 +1,151 @@
+"""The sweep's MLflow parent run: opened before the first trial, summarised after the last."""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution
+
+from lit_tune.trial import PARENT_RUN_ATTR
+
+log = logging.getLogger(__name__)
+MLFLOW_LOGGER = "lit_tune.tracking.mlflow_logger"
+
+
+def mask(url: str) -> str:
+    """The URL with any password replaced by ***, fit to print or log."""
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+
+
+class ParentRun:
+    """One MLflow run per study; its trials' runs nest under it, in any process."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    @classmethod
+    def open(
+        cls, config: DictConfig, study: optuna.Study, space: dict[str, BaseDistribution]
+    ) -> ParentRun | None:
+        """Create the parent run, or reopen the one a resumed study already has; None when
+        the runs are not logged to MLflow."""
+        logger = OmegaConf.select(config, "logger")
+        if not logger or logger.get("_target_") != MLFLOW_LOGGER:
+            return None
+        from mlflow import MlflowClient
+
+        from lit_tune.tracking import mlflow_logger
+
+        # The same store and experiment the trials' MLFlowLogger will use.
+        experiment = mlflow_logger(**{k: v for k, v in logger.items() if k != "_target_"})
+        client: MlflowClient = experiment.experiment
+        run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+        if run_id is not None:
+            client.update_run(run_id, status="RUNNING")
+            log.info("MLflow parent run %s reopened", run_id)
+            return cls(client, run_id)
+        assert experiment.experiment_id is not None
+        run = client.create_run(
+            experiment.experiment_id,
+            run_name=study.study_name,
+            tags={"lit_tune.role": "sweep", "optuna.study_name": study.study_name},
+        )
+        run_id = run.info.run_id
+        study.set_user_attr(PARENT_RUN_ATTR, run_id)
+        sweeper = config.hydra.sweeper
+        params = {
+            "study_name": study.study_name,
+            "sampler": type(study.sampler).__name__,
+            "pruner": type(study.pruner).__name__,
+            "directions": ",".join(d.name.lower() for d in study.directions),
+            "n_trials": sweeper.n_trials,
+            "n_jobs": sweeper.n_jobs,
+            **{f"space.{name}": repr(dist) for name, dist in space.items()},
+        }
+        for key, value in params.items():
+            client.log_param(run_id, key, str(value)[:6000])
+        log.info("MLflow parent run %s (experiment %s)", run_id, experiment.experiment_id)
+        return cls(client, run_id)
+
+    def close(self, study: optuna.Study, status: str) -> None:
+        """Log the best trial, the trials table and Optuna's plots; register the best model."""
+        try:
+            self._summarise(study)
+        finally:
+            self.client.set_terminated(self.run_id, status)
+
+    def _summarise(self, study: optuna.Study) -> None:
+        frame = study.trials_dataframe()
+        self.client.log_text(self.run_id, frame.to_csv(index=False), "trials.csv")
+        completed = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+        if not completed:
+            return
+        if len(study.directions) == 1:
+            best = study.best_trial
+            self.client.log_metric(self.run_id, "best_value", best.values[0])
+            self.client.set_tag(self.run_id, "best_trial", str(best.number))
+            for name, value in best.params.items():
+                self.client.set_tag(self.run_id, f"best.{name}", str(value))
+            self._register(study, best)
+        self._plots(study)
+
+    def _plots(self, study: optuna.Study) -> None:
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as vis
+
+        plots: dict[str, Callable[[optuna.Study], Any]] = {
+            "optimization_history": vis.plot_optimization_history,
+            "param_importances": vis.plot_param_importances,
+            "parallel_coordinate": vis.plot_parallel_coordinate,
+            "intermediate_values": vis.plot_intermediate_values,
+        }
+        for name, plot in plots.items():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # Optuna marks these experimental
+                    axes = plot(study) if len(study.directions) == 1 else None
+                if axes is None:
+                    continue
+                figure = getattr(axes, "figure", None) or axes.flat[0].figure
+                self.client.log_figure(self.run_id, figure, f"plots/{name}.png")
+            except (ValueError, RuntimeError, ZeroDivisionError) as error:
+                log.info("No %s plot: %s", name, error)  # e.g. too few trials yet
+            finally:
+                plt.close("all")
+
+    def _register(self, study: optuna.Study, best: optuna.trial.FrozenTrial) -> None:
+        """Register the best trial's best checkpoint as a version of model `<study name>`."""
+        runs = self.client.search_runs(
+            [self.client.get_run(self.run_id).info.experiment_id],
+            filter_string=(
+                f"tags.mlflow.parentRunId = '{self.run_id}' "
+                f"and tags.`optuna.trial_number` = '{best.number}'"
+            ),
+        )
+        if not runs:
+            return
+        run = runs[0]
+        name = re.sub(r"[^\w.-]", "_", study.study_name)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name)
+        versions = self.client.search_model_versions(
+            f"name = '{name}' and run_id = '{run.info.run_id}'"
+        )
+        if not versions:
+            version = self.client.create_model_version(
+                name, source=f"{run.info.artifact_uri}/best", run_id=run.info.run_id
+            )
+            log.info(
+                "Registered model %s version %s (trial %d)", name, version.version, best.number
+            )
