@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import OverrideParseException
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
@@ -108,18 +108,17 @@ def check(cfg: DictConfig) -> None:
 
 
 def check_choices(args: list[str], conf_dir: Path) -> None:
-    """Raise ConfigError when a command-line `group=option` names an option with no yaml.
-
-    Hydra reports this too, but over a dozen lines; malformed overrides are left to Hydra.
-    """
+    """Raise ConfigError for a command-line override that does not parse, or a `group=option`
+    naming an option with no yaml. Hydra reports both too, but over a dozen lines."""
     parser = OverridesParser.create()
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
             continue
         try:
             override = parser.parse_override(arg)
-        except OverrideParseException:
-            continue
+        except HydraException as error:
+            reason = str(error).strip().splitlines()
+            raise ConfigError(f"{arg}: {reason[0] if reason else 'cannot parse'}") from None
         group = conf_dir / override.key_or_group
         if override.is_delete() or override.package or not group.is_dir():
             continue

@@ -34,6 +34,12 @@ class SweepTrial:
     study_name: str
     parent_run_id: str | None
 
+    @property
+    def prunable(self) -> bool:
+        """Optuna prunes single-objective studies only."""
+        study = self.trial.study
+        return len(study.directions) == 1 and not isinstance(study.pruner, optuna.pruners.NopPruner)
+
 
 def current_trial() -> SweepTrial | None:
     """The trial this run is, when a lit_tune sweep launched it; None otherwise."""

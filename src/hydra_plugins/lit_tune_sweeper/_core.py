@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
 from hydra_plugins.hydra_optuna_sweeper._impl import (
     OptunaSweeperImpl,
     create_params_from_overrides,
@@ -101,6 +103,27 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         return self.config
 
     # -- the study ---------------------------------------------------------------------------
+
+    def _check_objective(self) -> None:
+        """The directions must match what the runs return: the classic silent mistake is
+        minimising an accuracy."""
+        directions = self._get_directions()
+        mode = OmegaConf.select(self.cfg, "objective.mode")
+        extra = OmegaConf.select(self.cfg, "objective.extra", default=[]) or []
+        if mode is not None and directions[0] != {"max": "maximize", "min": "minimize"}[mode]:
+            raise ConfigError(
+                f"hydra.sweeper.direction={directions[0]}: objective.mode is {mode}, so it must "
+                f"be {'maximize' if mode == 'max' else 'minimize'}"
+            )
+        if len(directions) != 1 + len(extra):
+            raise ConfigError(
+                f"hydra.sweeper.direction={directions}: one direction per objective "
+                f"({1 + len(extra)}: objective.metric and objective.extra)"
+            )
+        if len(directions) > 1 and not isinstance(self.pruner, optuna.pruners.NopPruner):
+            raise ConfigError(
+                "hydra/sweeper/pruner: Optuna cannot prune a multi-objective study; use none"
+            )
 
     def _storage_url(self) -> str:
         if self.storage:
@@ -190,7 +213,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
 
     # -- one trial ---------------------------------------------------------------------------
 
-    def _launch(self, overrides: list[str], number: int) -> JobReturn:
+    def _launch(self, overrides: Sequence[str], number: int) -> JobReturn:
         assert self.launcher is not None
         return self.launcher.launch([overrides], initial_job_idx=number)[0]
 
@@ -213,16 +236,24 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
             trial.set_user_attr(FAIL_REASON, reason)
             study.tell(trial, state=TrialState.FAIL)
-            log.warning("Trial %d failed: %s", trial.number, reason)
             return TrialState.FAIL
-        study.tell(trial, values=values)
+        try:
+            study.tell(trial, values=values)
+        except RuntimeError as grid_done:  # GridSampler calls Study.stop() after the last point
+            if "Study.stop" not in str(grid_done):
+                raise
         return TrialState.COMPLETE
 
     # -- the sweep ---------------------------------------------------------------------------
 
     def sweep(self, arguments: list[str]) -> None:
         assert self.config is not None and self.launcher is not None
-        distributions, fixed, fixed_overrides = self._search_space(arguments)
+        try:
+            distributions, fixed, fixed_overrides = self._search_space(arguments)
+        except (HydraException, ValueError, AssertionError) as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise ConfigError(f"hydra.sweeper.params: {message}") from error
+        self._check_objective()
         url, name = self._storage_url(), self._study_name()
         study = self._open_study(url, name)
         log.info(
@@ -235,7 +266,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             type(self.pruner).__name__,
         )
         parent = ParentRun.open(self.cfg, study, distributions)
-        self._pin(study_name=name, storage=url)
+        self._pin("sweeper", study_name=name, storage=url)
         parallel = self.launcher.__class__.__name__ != "BasicLauncher"  # in-process: one at a time
         slots = self.n_jobs if parallel else 1
         if self.n_jobs > 1 and not parallel:
@@ -259,14 +290,22 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             if parent is not None:
                 parent.close(study, status)
 
-    def _pin(self, **values: str) -> None:
-        """Fix hydra.sweeper values in the config every job is composed from: a run finds its
-        trial through them, and Hydra requires a job's hydra.sweeper to equal the sweep's."""
-        sweeper, recorded = self.cfg.hydra.sweeper, self.cfg.hydra.overrides.hydra
-        with read_write(sweeper), open_dict(sweeper), read_write(recorded):
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        self.config = config
+        if "n_jobs" in config.hydra.launcher:  # joblib: one worker process per trial slot
+            self._pin("launcher", n_jobs=self.n_jobs)
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _pin(self, node: str, **values: Any) -> None:
+        """Set hydra.<node> values in the config every job is composed from, as if given on the
+        command line: Hydra requires a job's hydra.sweeper and hydra.launcher to equal the
+        sweep's, and a run finds its trial through hydra.sweeper."""
+        target, recorded = self.cfg.hydra[node], self.cfg.hydra.overrides.hydra
+        with read_write(target), open_dict(target), read_write(recorded):
             for key, value in values.items():
-                sweeper[key] = value
-                recorded.append(f"hydra.sweeper.{key}={_quote(value)}")
+                target[key] = value
+                text = _quote(value) if isinstance(value, str) else value
+                recorded.append(f"hydra.{node}.{key}={text}")
 
     def _run(
         self,
@@ -304,7 +343,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                     for future in finished:
                         with self.lock:
                             trial = running.pop(future)
-                        state = self._tell(study, trial, future.result())
+                        state = self._tell(study, trial, _job_return(future))
                         self._progress(study, trial, state, started)
                     _, _, failed = self._budget_used(study)
                     if failed > self.max_failure_rate * self.n_trials:
@@ -338,10 +377,13 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
     ) -> None:
         done, _, _ = self._budget_used(study)
         frozen = study._storage.get_trial(trial._trial_id)
-        value = "-" if frozen.values is None else ", ".join(f"{v:.4g}" for v in frozen.values)
+        if state == TrialState.FAIL:
+            outcome = f"FAIL ({frozen.user_attrs.get(FAIL_REASON, '?')})"
+        else:
+            outcome = f"{state.name} {', '.join(f'{v:.4g}' for v in frozen.values or [])}"
         try:
             best = (
-                ", ".join(f"{v:.4g}" for v in study.best_trial.values)
+                f"{study.best_value:.4g}"
                 if len(study.directions) == 1
                 else f"{len(study.best_trials)} on the Pareto front"
             )
@@ -350,12 +392,11 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         elapsed = time.monotonic() - started
         remaining = elapsed / max(done, 1) * max(self.n_trials - done, 0)
         log.info(
-            "trial %d done %d/%d: %s value %s, best %s; elapsed %.0fs, about %.0fs to go",
+            "trial %d (%d/%d done): %s; best %s; %.0fs elapsed, about %.0fs to go",
             trial.number,
             done,
             self.n_trials,
-            state.name,
-            value,
+            outcome,
             best,
             elapsed,
             remaining,
@@ -377,6 +418,16 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             OmegaConf.create(results), f"{self.cfg.hydra.sweep.dir}/optimization_results.yaml"
         )
         log.info("Results: %s/optimization_results.yaml", self.cfg.hydra.sweep.dir)
+
+
+def _job_return(future: Future[JobReturn]) -> JobReturn:
+    """The job's return; a launcher that broke (a worker process died) fails just the trial."""
+    try:
+        return future.result()
+    except Exception as error:
+        ret = JobReturn(status=JobStatus.FAILED)
+        ret._return_value = error
+        return ret
 
 
 def _quote(value: str) -> str:
