@@ -68,9 +68,12 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
     ) -> None:
         from hydra.utils import instantiate
 
-        def build(node: Any) -> Any:
+        def build(node: Any, **kwargs: Any) -> Any:
             allowed = ["optuna.samplers.*", "optuna.pruners.*", "hydra_plugins.*"]
-            return instantiate(node, _execution_whitelist_=allowed)
+            return instantiate(node, _execution_whitelist_=allowed, **kwargs)
+
+        self._build_sampler = functools.partial(build, sampler)
+        self._seed = sampler.get("seed")
 
         if n_trials < 1 or n_jobs < 1:
             raise ConfigError(
@@ -154,6 +157,13 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             directions=directions,  # type: ignore[arg-type]
             load_if_exists=True,
         )
+        if (
+            study.trials
+            and self._seed is not None
+            and not isinstance(self.sampler, functools.partial | optuna.samplers.GridSampler)
+        ):
+            # A resumed (or shared) study must not replay the random draws its first run made.
+            study.sampler = self.sampler = self._build_sampler(seed=self._seed + len(study.trials))
         stored = [d.name.lower() for d in study.directions]
         if stored != [d.lower() for d in directions]:
             raise ConfigError(
