@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
+from sqlalchemy.exc import SQLAlchemyError
 from torch import Tensor
 
 from lit_tune.trial import SweepTrial
@@ -31,8 +34,7 @@ def mlflow_logger(
     log_model: bool = True,
 ) -> MLFlowLogger:
     """Lightning's MLFlowLogger on our store, the run tagged with the Hydra overrides."""
-    if tracking_uri.startswith(SQLITE):
-        Path(tracking_uri.removeprefix(SQLITE)).parent.mkdir(parents=True, exist_ok=True)
+    _make_store(tracking_uri)
     tags = {}
     if HydraConfig.initialized():
         tags["hydra.overrides"] = " ".join(HydraConfig.get().overrides.task) or "(none)"
@@ -44,6 +46,29 @@ def mlflow_logger(
         tags=tags,
         log_model=log_model,
     )
+
+
+def _make_store(tracking_uri: str) -> None:
+    if tracking_uri.startswith(SQLITE):
+        Path(tracking_uri.removeprefix(SQLITE)).parent.mkdir(parents=True, exist_ok=True)
+
+
+def mlflow_experiment(
+    experiment_name: str, tracking_uri: str, artifact_location: str, **_: Any
+) -> tuple[MlflowClient, str]:
+    """A client on the store and the id of the experiment, created as mlflow_logger would."""
+    _make_store(tracking_uri)
+    for attempt in range(3):  # other processes may be creating the store or the experiment
+        try:
+            client = MlflowClient(tracking_uri)
+            experiment = client.get_experiment_by_name(experiment_name)
+            if experiment is not None:
+                return client, experiment.experiment_id
+            location = Path(artifact_location).resolve().as_uri()
+            return client, client.create_experiment(experiment_name, location)
+        except (MlflowException, SQLAlchemyError):
+            time.sleep(1 + attempt)
+    raise RuntimeError(f"cannot create MLflow experiment {experiment_name!r}")
 
 
 def nest(loggers: list[Logger], sweep: SweepTrial | None) -> None:

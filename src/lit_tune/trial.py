@@ -7,6 +7,7 @@ its trial, report the objective every epoch and be pruned.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from optuna.storages import RDBStorage
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 SWEEPER_TARGET = "hydra_plugins.lit_tune_sweeper.sweeper.LitTuneSweeper"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the sweep's MLflow parent run
@@ -23,7 +25,16 @@ PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the sweep's MLflow 
 def open_storage(url: str, **kwargs: Any) -> RDBStorage:
     """An Optuna RDB storage; SQLite waits up to a minute for a lock instead of failing."""
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    for attempt in range(3):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (IntegrityError, OperationalError):
+            # Processes that open a new database at once race to create its tables; the
+            # loser finds them made on its next try.
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -99,6 +100,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         self.grace_period = grace_period
         self.refine = refine
         self.lock = threading.Lock()
+        self.parent: ParentRun | None = None
 
     @property
     def cfg(self) -> DictConfig:
@@ -106,6 +108,16 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         return self.config
 
     # -- the study ---------------------------------------------------------------------------
+
+    def _interrupted(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """A trial whose sweep died (no heartbeat): Optuna has failed it; queue its parameters
+        again, once, and close its MLflow run."""
+        RetryFailedTrialCallback(max_retry=1)(study, trial)
+        log.warning(
+            "trial %d was left running by a killed sweep: failed, queued again", trial.number
+        )
+        if self.parent is not None:
+            self.parent.fail_interrupted(trial.number)
 
     def _check_objective(self) -> None:
         """The directions must match what the runs return: the classic silent mistake is
@@ -137,6 +149,10 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
 
     def _study_name(self) -> str:
         if self.study_name:
+            if not re.fullmatch(r"[\w.-]+", str(self.study_name)):
+                raise ConfigError(
+                    f"hydra.sweeper.study_name={self.study_name}: use letters, digits, _ . - only"
+                )
             return str(self.study_name)
         prefix = OmegaConf.select(self.cfg, "experiment_name", default="sweep")
         return f"{prefix}-{datetime.now():%Y-%m-%d_%H-%M-%S}"
@@ -146,7 +162,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             url,
             heartbeat_interval=self.heartbeat_interval,
             grace_period=self.grace_period,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+            failed_trial_callback=self._interrupted,
         )
         directions = self._get_directions()
         study = optuna.create_study(
@@ -275,7 +291,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             type(self.sampler).__name__,
             type(self.pruner).__name__,
         )
-        parent = ParentRun.open(self.cfg, study, distributions)
+        self.parent = parent = ParentRun.open(self.cfg, study, distributions)
         self._pin("sweeper", study_name=name, storage=url)
         parallel = self.launcher.__class__.__name__ != "BasicLauncher"  # in-process: one at a time
         slots = self.n_jobs if parallel else 1

@@ -39,40 +39,76 @@ class ParentRun:
         logger = OmegaConf.select(config, "logger")
         if not logger or logger.get("_target_") != MLFLOW_LOGGER:
             return None
-        from mlflow import MlflowClient
+        from lit_tune.tracking import mlflow_experiment
 
-        from lit_tune.tracking import mlflow_logger
-
-        # The same store and experiment the trials' MLFlowLogger will use.
-        experiment = mlflow_logger(**{k: v for k, v in logger.items() if k != "_target_"})
-        client: MlflowClient = experiment.experiment
+        # The same store and experiment the trials' MLFlowLogger will use, made before any
+        # trial starts (processes that create one experiment at once race).
+        client, experiment_id = mlflow_experiment(**logger)
         run_id = study.user_attrs.get(PARENT_RUN_ATTR)
         if run_id is not None:
             client.update_run(run_id, status="RUNNING")
             log.info("MLflow parent run %s reopened", run_id)
             return cls(client, run_id)
-        assert experiment.experiment_id is not None
-        run = client.create_run(
-            experiment.experiment_id,
-            run_name=study.study_name,
-            tags={"lit_tune.role": "sweep", "optuna.study_name": study.study_name},
+        return cls(client, cls._create(client, experiment_id, config, study, space))
+
+    @staticmethod
+    def _create(
+        client: Any,
+        experiment_id: str,
+        config: DictConfig,
+        study: optuna.Study,
+        space: dict[str, BaseDistribution],
+    ) -> str:
+        name = study.study_name
+        tags = {"lit_tune.role": "sweep", "optuna.study_name": name}
+        mine = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        # Sweeps started at once on one study each made a parent: all keep the first one.
+        # (Study names are checked at sweep start: no quotes.)
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`optuna.study_name` = '{name}' and tags.`lit_tune.role` = 'sweep'",
         )
-        run_id = run.info.run_id
-        study.set_user_attr(PARENT_RUN_ATTR, run_id)
+        first = min(found, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        if first != mine:
+            client.delete_run(mine)
+            return str(first)
         sweeper = config.hydra.sweeper
         params = {
-            "study_name": study.study_name,
+            "study_name": name,
             "sampler": type(study.sampler).__name__,
             "pruner": type(study.pruner).__name__,
             "directions": ",".join(d.name.lower() for d in study.directions),
             "n_trials": sweeper.n_trials,
             "n_jobs": sweeper.n_jobs,
-            **{f"space.{name}": repr(dist) for name, dist in space.items()},
+            **{f"space.{key}": repr(dist) for key, dist in space.items()},
         }
         for key, value in params.items():
-            client.log_param(run_id, key, str(value)[:6000])
-        log.info("MLflow parent run %s (experiment %s)", run_id, experiment.experiment_id)
-        return cls(client, run_id)
+            client.log_param(mine, key, str(value)[:6000])
+        study.set_user_attr(PARENT_RUN_ATTR, mine)
+        log.info("MLflow parent run %s (experiment %s)", mine, experiment_id)
+        return str(mine)
+
+    def fail_interrupted(self, number: int) -> None:
+        """Close the MLflow run of trial `number`, left RUNNING by a sweep that was killed."""
+        for run in self._trial_runs(number):
+            if run.info.status == "RUNNING":
+                self.client.set_tag(run.info.run_id, "outcome", "FAIL")
+                self.client.set_tag(
+                    run.info.run_id, "fail_reason", "interrupted: the sweep running it was killed"
+                )
+                self.client.set_terminated(run.info.run_id, "FAILED")
+
+    def _trial_runs(self, number: int) -> list[Any]:
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        return list(
+            self.client.search_runs(
+                [experiment_id],
+                filter_string=(
+                    f"tags.mlflow.parentRunId = '{self.run_id}' "
+                    f"and tags.`optuna.trial_number` = '{number}'"
+                ),
+            )
+        )
 
     def close(self, study: optuna.Study, status: str) -> None:
         """Log the best trial, the trials table and Optuna's plots; register the best model."""
@@ -122,13 +158,7 @@ class ParentRun:
 
     def _register(self, study: optuna.Study, best: optuna.trial.FrozenTrial) -> None:
         """Register the best trial's best checkpoint as a version of model `<study name>`."""
-        runs = self.client.search_runs(
-            [self.client.get_run(self.run_id).info.experiment_id],
-            filter_string=(
-                f"tags.mlflow.parentRunId = '{self.run_id}' "
-                f"and tags.`optuna.trial_number` = '{best.number}'"
-            ),
-        )
+        runs = self._trial_runs(best.number)
         if not runs:
             return
         run = runs[0]
