@@ -16,9 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
-from sqlalchemy.exc import SQLAlchemyError
 from torch import Tensor
 
 from lit_tune.trial import SweepTrial
@@ -58,7 +56,7 @@ def mlflow_experiment(
 ) -> tuple[MlflowClient, str]:
     """A client on the store and the id of the experiment, created as mlflow_logger would."""
     _make_store(tracking_uri)
-    for attempt in range(3):  # other processes may be creating the store or the experiment
+    for attempt in range(3):
         try:
             client = MlflowClient(tracking_uri)
             experiment = client.get_experiment_by_name(experiment_name)
@@ -66,9 +64,13 @@ def mlflow_experiment(
                 return client, experiment.experiment_id
             location = Path(artifact_location).resolve().as_uri()
             return client, client.create_experiment(experiment_name, location)
-        except (MlflowException, SQLAlchemyError):
+        except Exception:
+            # Sweeps started at once race to create the store's tables (MLflow runs its
+            # migrations on first use) or the experiment; the loser finds them on a retry.
+            if attempt == 2:
+                raise
             time.sleep(1 + attempt)
-    raise RuntimeError(f"cannot create MLflow experiment {experiment_name!r}")
+    raise AssertionError("unreachable")
 
 
 def nest(loggers: list[Logger], sweep: SweepTrial | None) -> None:

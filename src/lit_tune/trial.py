@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from alembic.util.exc import CommandError
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -28,7 +29,7 @@ def open_storage(url: str, **kwargs: Any) -> RDBStorage:
     for attempt in range(3):
         try:
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-        except (IntegrityError, OperationalError):
+        except (IntegrityError, OperationalError, CommandError):
             # Processes that open a new database at once race to create its tables; the
             # loser finds them made on its next try.
             if attempt == 2:

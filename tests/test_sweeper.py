@@ -1,0 +1,308 @@
+"""The lit_tune sweeper through the real CLI (`python train.py -m ...`), on digits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import ROOT, run_cli
+from mlflow import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+from hydra_plugins.lit_tune_sweeper._core import counts
+
+pytestmark = pytest.mark.slow
+# In-process trials, short training: these tests are about the sweep, not the models.
+FAST = [
+    "hydra/launcher=basic",
+    "trainer.max_epochs=5",
+    "callbacks.early_stopping.patience=100",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def load(cwd: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd}/mlruns/optuna.db")
+
+
+def mlflow_runs(cwd: Path, name: str) -> tuple[list, dict[int, list]]:
+    """(parent runs, {trial number: child runs}) of study `name`."""
+    client = MlflowClient(f"sqlite:///{cwd}/mlruns/mlflow.db")
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`optuna.study_name` = '{name}'",
+    )
+    parents = [r for r in runs if r.data.tags.get("lit_tune.role") == "sweep"]
+    children: dict[int, list] = {}
+    for run in runs:
+        if "optuna.trial_number" in run.data.tags:
+            children.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)
+    return parents, children
+
+
+def assert_optuna_and_mlflow_agree(cwd: Path, name: str) -> optuna.Study:
+    study = load(cwd, name)
+    parents, children = mlflow_runs(cwd, name)
+    assert len(parents) == 1
+    for trial in study.trials:
+        if trial.user_attrs.get("skipped"):
+            continue
+        (run,) = children[trial.number]
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        if counts(trial):
+            assert run.data.tags["outcome"] == trial.state.name, trial.number
+            assert run.info.status == RUN_STATUS[trial.state.name], trial.number
+        else:  # left running by a killed sweep, then failed and re-queued
+            assert run.info.status == "FAILED"
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    return study
+
+
+def test_pruned_trials_are_recorded_alike_in_optuna_and_mlflow(tmp_path: Path):
+    result = run_cli(
+        "-m",
+        "hparams_search=mlp",
+        *FAST,
+        "trainer.max_epochs=6",
+        "hydra/sweeper/sampler=random",
+        "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=2",
+        "hydra.sweeper.n_trials=8",
+        "hydra.sweeper.study_name=prune",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = assert_optuna_and_mlflow_agree(tmp_path, "prune")
+    states = [t.state for t in study.trials]
+    assert len(states) == 8
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+    _, children = mlflow_runs(tmp_path, "prune")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    for trial in study.trials:
+        if trial.state == TrialState.PRUNED:
+            # It keeps its last reported value; its run stopped where Optuna stopped it.
+            assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
+            (run,) = children[trial.number]
+            epochs = client.get_metric_history(run.info.run_id, "val/acc")
+            assert len(epochs) == len(trial.intermediate_values) < 6
+    parent, _ = mlflow_runs(tmp_path, "prune")
+    artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id, "plots")}
+    assert "plots/optimization_history.png" in artifacts
+    assert parent[0].data.metrics["best_value"] == pytest.approx(study.best_value)
+    results = yaml.safe_load(
+        next(tmp_path.glob("multirun/*/*/optimization_results.yaml")).read_text()
+    )
+    assert results["best_value"] == pytest.approx(study.best_value)
+
+
+def test_diverging_trials_fail_and_the_sweep_goes_on(tmp_path: Path):
+    result = run_cli(
+        "-m",
+        "hparams_search=grid",
+        *FAST,
+        "optimizer=sgd",
+        "optimizer.lr=choice(0.05,1e8)",
+        "data.batch_size=choice(32,64)",
+        "hydra.sweeper.study_name=nan",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = assert_optuna_and_mlflow_agree(tmp_path, "nan")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(study.trials) == 4 and len(failed) == 2
+    assert all(t.params["optimizer.lr"] == 1e8 for t in failed)
+    assert all("not finite" in t.user_attrs["fail_reason"] for t in failed)
+    _, children = mlflow_runs(tmp_path, "nan")
+    for trial in failed:
+        (run,) = children[trial.number]
+        assert run.data.tags["fail_reason"] == trial.user_attrs["fail_reason"]
+
+
+def test_a_killed_sweep_resumes_to_exactly_its_budget(tmp_path: Path):
+    args = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "hparams_search=mlp",
+        *FAST,
+        "trainer.max_epochs=25",
+        "hydra/sweeper/pruner=none",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.study_name=killed",
+        "hydra.sweeper.heartbeat_interval=1",
+        "hydra.sweeper.grace_period=2",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONWARNINGS"] = "ignore"
+    first = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:  # until trial 1 is running
+            time.sleep(0.5)
+            store = tmp_path / "mlruns" / "optuna.db"
+            if store.exists():
+                try:
+                    trials = load(tmp_path, "killed").trials
+                except KeyError:
+                    continue
+                if any(t.number == 1 and t.state == TrialState.RUNNING for t in trials):
+                    break
+        time.sleep(1.0)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert any(t.state == TrialState.RUNNING for t in load(tmp_path, "killed").trials)
+
+    second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    study = assert_optuna_and_mlflow_agree(tmp_path, "killed")
+    assert sum(counts(t) for t in study.trials) == 4
+    (interrupted,) = [t for t in study.trials if not counts(t)]
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == interrupted.number]
+    assert len(retried) == 1 and retried[0].params == interrupted.params
+    job_dirs = [p.name for p in tmp_path.glob("multirun/*/*/*") if p.is_dir()]
+    assert len(job_dirs) == len(set(job_dirs))  # job numbers continue across the two runs
+
+
+def test_two_workers_share_one_study(tmp_path: Path):
+    def worker(seed: int) -> subprocess.Popen[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env |= {"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                "-m",
+                "hparams_search=mlp",
+                *FAST,
+                "hydra.sweeper.n_trials=6",
+                "hydra.sweeper.study_name=shared",
+                f"hydra.sweeper.sampler.seed={seed}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    workers = [worker(1), worker(2)]
+    for w in workers:
+        _, stderr = w.communicate(timeout=600)
+        assert w.returncode == 0, stderr[-3000:]
+    study = assert_optuna_and_mlflow_agree(tmp_path, "shared")
+    assert sum(counts(t) for t in study.trials) == 6
+
+
+def test_parallel_trials_do_not_wait_for_a_batch(tmp_path: Path):
+    result = run_cli(
+        "-m",
+        "hparams_search=grid",
+        "hydra/launcher=joblib",
+        "hydra.sweeper.n_jobs=2",
+        "trainer.max_epochs=choice(1,2,3,30)",
+        "optimizer.lr=0.01",
+        "callbacks.early_stopping.patience=100",
+        "callbacks.progress_bar.refresh_rate=0",
+        "optimizer=adam",
+        "hydra.sweeper.study_name=parallel",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = assert_optuna_and_mlflow_agree(tmp_path, "parallel").trials
+    assert len(trials) == 4
+    # In batches of two, a trial starts only once every earlier trial has ended.
+    started_during_another = [
+        t
+        for t in trials
+        if any(o.datetime_start < t.datetime_start < o.datetime_complete for o in trials)
+    ]
+    assert started_during_another
+
+
+def test_a_stock_sweeper_params_block_runs_unchanged(tmp_path: Path):
+    searches = tmp_path / "extra" / "hparams_search"
+    searches.mkdir(parents=True)
+    (searches / "stock.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n"
+        "  - override /hydra/sweeper: lit_tune\n"
+        "hydra:\n"
+        "  sweeper:\n"
+        "    direction: maximize\n"
+        "    study_name: stock\n"
+        "    n_trials: 3\n"
+        "    params:\n"
+        "      optimizer.lr: interval(0.0001, 0.1)\n"
+        "      data.batch_size: choice(32, 64, 128, 256)\n"
+    )
+    result = run_cli(
+        "-m", f"--config-dir={tmp_path / 'extra'}", "hparams_search=stock", *FAST, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(tmp_path, "stock")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    distributions = study.trials[0].distributions
+    assert distributions["optimizer.lr"] == FloatDistribution(0.0001, 0.1)
+    assert distributions["data.batch_size"] == CategoricalDistribution([32, 64, 128, 256])
+
+
+def test_multi_objective_sweep_returns_a_pareto_front(tmp_path: Path):
+    result = run_cli(
+        "-m",
+        "hparams_search=multi_objective",
+        *FAST,
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.study_name=pareto",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(tmp_path, "pareto")
+    _, children = mlflow_runs(tmp_path, "pareto")
+    for trial in study.trials:
+        (run,) = children[trial.number]
+        assert trial.values[1] == float(run.data.params["num_parameters"])
+    results = yaml.safe_load(
+        next(tmp_path.glob("multirun/*/*/optimization_results.yaml")).read_text()
+    )
+    assert results["solutions"]
+
+
+def test_coarse_to_fine_searches_inside_the_best_region(tmp_path: Path):
+    common = ["-m", "hparams_search=mlp", *FAST, "hydra/sweeper/sampler=random"]
+    coarse = run_cli(
+        *common, "hydra.sweeper.n_trials=6", "hydra.sweeper.study_name=coarse", cwd=tmp_path
+    )
+    assert coarse.returncode == 0, coarse.stderr[-3000:]
+    fine = run_cli(
+        *common,
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.study_name=fine",
+        "hydra.sweeper.refine.from_study=coarse",
+        "hydra.sweeper.refine.top_k=3",
+        cwd=tmp_path,
+    )
+    assert fine.returncode == 0, fine.stderr[-3000:]
+    wide = load(tmp_path, "coarse").trials[0].distributions
+    narrow = load(tmp_path, "fine").trials[0].distributions
+    lr, lr_wide = narrow["optimizer.lr"], wide["optimizer.lr"]
+    assert lr.log and lr_wide.low <= lr.low < lr.high <= lr_wide.high
+    assert lr.high / lr.low < lr_wide.high / lr_wide.low
+    if isinstance(narrow.get("optimizer"), CategoricalDistribution):
+        assert set(narrow["optimizer"].choices) <= set(wide["optimizer"].choices)
