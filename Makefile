@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= ../shared/data
 ARGS ?=
 
-.PHONY: install train sweep test lint ui clean distclean
+.PHONY: install train sweep sweep-mnist where bench test lint ui clean distclean
 
 install: $(STAMP)
 
@@ -20,18 +20,30 @@ $(STAMP): pyproject.toml
 train: install  ## one run on digits; e.g. make train ARGS="model=cnn optimizer=sgd"
 	$(PY) train.py $(ARGS)
 
-# Until the Optuna sweeper lands: Hydra's basic sweeper over three optimizers.
+# The default search (conf/hparams_search/mlp.yaml): TPE with Hyperband pruning on digits.
 sweep: install
-	$(PY) train.py -m optimizer=sgd,nesterov,adam trainer.max_epochs=15 $(ARGS)
-	@echo "Compare the runs: make ui, then http://127.0.0.1:5000 (experiment lit_tune)."
-	@echo "Per-run outputs and checkpoints: multirun/ (newest folder)."
+	$(PY) train.py -m hparams_search=mlp hydra.sweeper.n_trials=12 $(ARGS)
+	@$(MAKE) --no-print-directory where
+
+sweep-mnist: install  ## the same on MNIST; DATA_DIR holds MNIST/raw
+	$(PY) train.py -m hparams_search=mlp data=mnist data.data_dir=$(DATA_DIR) \
+		trainer.max_epochs=10 hydra.sweeper.n_trials=20 $(ARGS)
+	@$(MAKE) --no-print-directory where
+
+where:
+	@echo "Results: $$(ls -td multirun/*/*/ | head -1)optimization_results.yaml"
+	@echo "Compare the trials: make ui, then http://127.0.0.1:5000 (experiment lit_tune;"
+	@echo "the sweep is the parent run, its trials are nested under it)."
+
+bench: install  ## benchmarks (not tests); DATA_DIR holds MNIST/raw
+	$(PY) bench/pruning.py --data-dir $(DATA_DIR)
 
 test: install
 	$(PY) -m pytest -n 2 $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src tests train.py
-	$(VENV)/bin/ruff format --check src tests train.py
+	$(VENV)/bin/ruff check src tests bench train.py
+	$(VENV)/bin/ruff format --check src tests bench train.py
 	$(VENV)/bin/mypy
 
 ui: install

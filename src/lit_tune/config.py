@@ -110,6 +110,7 @@ def check(cfg: DictConfig) -> None:
 def check_choices(args: list[str], conf_dir: Path) -> None:
     """Raise ConfigError for a command-line override that does not parse, or a `group=option`
     naming an option with no yaml. Hydra reports both too, but over a dozen lines."""
+    conf_dirs = [conf_dir, *_extra_config_dirs(args)]
     parser = OverridesParser.create()
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
@@ -119,8 +120,10 @@ def check_choices(args: list[str], conf_dir: Path) -> None:
         except HydraException as error:
             reason = str(error).strip().splitlines()
             raise ConfigError(f"{arg}: {reason[0] if reason else 'cannot parse'}") from None
-        group = conf_dir / override.key_or_group
-        if override.is_delete() or override.package or not group.is_dir():
+        groups = [
+            d / override.key_or_group for d in conf_dirs if (d / override.key_or_group).is_dir()
+        ]
+        if override.is_delete() or override.package or not groups:
             continue
         if override.is_choice_sweep():
             chosen = list(override.sweep_string_iterator())
@@ -128,9 +131,20 @@ def check_choices(args: list[str], conf_dir: Path) -> None:
             continue
         else:
             chosen = [override.get_value_element_as_str()]
-        options = sorted(p.stem for p in group.glob("*.yaml"))
+        options = sorted({p.stem for group in groups for p in group.glob("*.yaml")})
         for option in chosen:
             if option not in options:
                 raise ConfigError(
                     f"{override.key_or_group}={option}: no such option; one of {', '.join(options)}"
                 )
+
+
+def _extra_config_dirs(args: list[str]) -> list[Path]:
+    """Folders added with --config-dir/-cd (Hydra searches them too)."""
+    dirs = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--config-dir="):
+            dirs.append(Path(arg.split("=", 1)[1]))
+        elif arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            dirs.append(Path(args[i + 1]))
+    return dirs

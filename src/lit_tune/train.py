@@ -60,7 +60,7 @@ def _train(cfg: DictConfig) -> float | list[float]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     sweep = current_trial()  # None unless a lit_tune sweep launched this run
     pruning = None
-    if sweep is not None and sweep.prunable:
+    if sweep is not None and sweep.reports:
         from optuna_integration import PyTorchLightningPruningCallback
 
         pruning = PyTorchLightningPruningCallback(sweep.trial, monitor=cfg.objective.metric)

@@ -47,10 +47,10 @@ class SweepTrial:
     parent_run_id: str | None
 
     @property
-    def prunable(self) -> bool:
-        """Optuna prunes single-objective studies only."""
-        study = self.trial.study
-        return len(study.directions) == 1 and not isinstance(study.pruner, optuna.pruners.NopPruner)
+    def reports(self) -> bool:
+        """Whether the run reports its objective every epoch (for the pruner and the
+        intermediate-values plot): Optuna takes reports from single-objective studies only."""
+        return len(self.trial.study.directions) == 1
 
 
 def current_trial() -> SweepTrial | None:
