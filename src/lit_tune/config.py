@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,16 @@ from lit_tune.models import ACTIVATIONS
 
 class ConfigError(ValueError):
     """Bad input; the message is one line that names the key and what it allows."""
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Turn a ConfigError into `Error: <message>` on stderr and exit code 2."""
+    try:
+        yield
+    except ConfigError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def auto_precision() -> str:

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lit_tune import tracking
-from lit_tune.config import ConfigError, check, check_choices
+from lit_tune.config import ConfigError, check, check_choices, one_line_errors
 from lit_tune.module import Classifier, count_parameters
 from lit_tune.trial import current_trial
 
@@ -122,7 +122,7 @@ def _objective(trainer: L.Trainer, objective: DictConfig, num_parameters: int) -
 
 def main() -> None:
     """`python train.py [overrides]` trains once, `python train.py -m [sweep overrides]` sweeps."""
-    with _one_line_errors():
+    with one_line_errors():
         check_choices(sys.argv[1:], Path(CONF_DIR))
     _hydra_main()
 
@@ -131,14 +131,5 @@ def main() -> None:
 def _hydra_main(cfg: DictConfig) -> float | list[float]:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return train(cfg)  # the sweeper records the error as the trial's failure
-    with _one_line_errors():
+    with one_line_errors():
         return train(cfg)
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    try:
-        yield
-    except ConfigError as error:
-        print(f"Error: {error}", file=sys.stderr)
-        sys.exit(2)

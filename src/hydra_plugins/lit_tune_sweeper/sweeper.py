@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
@@ -18,9 +15,13 @@ class LitTuneSweeper(Sweeper):
     """Optuna sweeps with pruning, failure tolerance, resume, parallel trials and MLflow."""
 
     def __init__(self, **kwargs: Any) -> None:
-        from ._core import LitTuneSweeperImpl  # optuna and mlflow only when sweeping
+        # Hydra imports this module in every app at start-up: torch, optuna and mlflow only
+        # once a sweep is asked for.
+        from lit_tune.config import one_line_errors
 
-        with _one_line_errors():
+        from ._core import LitTuneSweeperImpl
+
+        with one_line_errors():
             self.sweeper = LitTuneSweeperImpl(**kwargs)
 
     def setup(
@@ -29,17 +30,7 @@ class LitTuneSweeper(Sweeper):
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        with _one_line_errors():
+        from lit_tune.config import one_line_errors
+
+        with one_line_errors():
             self.sweeper.sweep(arguments)
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Bad sweep input: one line and exit code 2, as for a single run (see lit_tune.train)."""
-    from lit_tune.config import ConfigError
-
-    try:
-        yield
-    except ConfigError as error:
-        print(f"Error: {error}", file=sys.stderr)
-        sys.exit(2)
