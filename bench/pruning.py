@@ -1,7 +1,7 @@
 """Benchmark: the same TPE sweep on MNIST with and without Hyperband pruning.
 
 Reports, for each, the epochs trained over all trials and the best val/acc; writes
-bench/results/pruning.json. Usage: python bench/pruning.py --data-dir ../shared/data
+bench/results/pruning-<trials>x<epochs>.json. Usage: python bench/pruning.py --data-dir ../shared/data
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def main() -> None:
         "epoch_ratio": pruned["epochs_trained"] / plain["epochs_trained"],
         "best_difference_points": 100 * (pruned["best_val_acc"] - plain["best_val_acc"]),
     }
-    out = ROOT / "bench" / "results" / "pruning.json"
+    out = ROOT / "bench" / "results" / f"pruning-{args.trials}x{args.epochs}.json"
     out.write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
