@@ -1,7 +1,8 @@
 """Benchmark: the same TPE sweep on MNIST with and without Hyperband pruning.
 
 Reports, for each, the epochs trained over all trials and the best val/acc; writes
-bench/results/pruning-<trials>x<epochs>.json. Usage: python bench/pruning.py --data-dir ../shared/data
+bench/results/pruning-<trials>x<epochs>.json.
+Usage: python bench/pruning.py --data-dir ../shared/data [--trials 20 --epochs 10]
 """
 
 from __future__ import annotations
