@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 
@@ -142,13 +143,13 @@ class ParentRun:
             "parallel_coordinate": vis.plot_parallel_coordinate,
             "intermediate_values": vis.plot_intermediate_values,
         }
+        if len(study.directions) > 1:
+            plots = {"pareto_front": vis.plot_pareto_front}
         for name, plot in plots.items():
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # Optuna marks these experimental
-                    axes = plot(study) if len(study.directions) == 1 else None
-                if axes is None:
-                    continue
+                    axes = plot(study)
                 figure = getattr(axes, "figure", None) or axes.flat[0].figure
                 self.client.log_figure(self.run_id, figure, f"plots/{name}.png")
             except (ValueError, RuntimeError, ZeroDivisionError) as error:
@@ -163,8 +164,6 @@ class ParentRun:
             return
         run = runs[0]
         name = re.sub(r"[^\w.-]", "_", study.study_name)
-        from mlflow.exceptions import MlflowException
-
         try:
             self.client.get_registered_model(name)
         except MlflowException:
