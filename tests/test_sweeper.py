@@ -282,6 +282,10 @@ def test_multi_objective_sweep_returns_a_pareto_front(tmp_path: Path):
         next(tmp_path.glob("multirun/*/*/optimization_results.yaml")).read_text()
     )
     assert results["solutions"]
+    (parent,), _ = mlflow_runs(tmp_path, "pareto")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/pareto_front.png" in plots
 
 
 def test_coarse_to_fine_searches_inside_the_best_region(tmp_path: Path):
