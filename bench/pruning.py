@@ -1,7 +1,7 @@
 """Benchmark: the same TPE sweep on MNIST with and without Hyperband pruning.
 
 Reports, for each, the epochs trained over all trials and the best val/acc; writes
-bench/results/pruning-<trials>x<epochs>.json.
+bench/results/pruning-<trials>x<epochs>x<train fraction>.json.
 Usage: python bench/pruning.py --data-dir ../shared/data [--trials 20 --epochs 10]
 """
 
@@ -36,6 +36,7 @@ def sweep(workdir: Path, name: str, pruner: str, args: argparse.Namespace) -> di
         f"hydra.sweeper.sampler.seed={args.seed}",
         f"seed={args.seed}",
         "callbacks.progress_bar.refresh_rate=0",
+        f"trainer.limit_train_batches={args.train_fraction}",
         # A space that fits a 2-core CPU: MNIST epochs of a few seconds.
         "data.batch_size=choice(64,128,256)",
         "model.width=tag(log, int(interval(32, 512)))",
@@ -75,6 +76,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-fraction", type=float, default=1.0, help="of the training batches per epoch"
+    )
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "results" / "pruning"))
     args = parser.parse_args()
     workdir = Path(args.workdir)
@@ -92,7 +96,8 @@ def main() -> None:
         "epoch_ratio": pruned["epochs_trained"] / plain["epochs_trained"],
         "best_difference_points": 100 * (pruned["best_val_acc"] - plain["best_val_acc"]),
     }
-    out = ROOT / "bench" / "results" / f"pruning-{args.trials}x{args.epochs}.json"
+    name = f"pruning-{args.trials}x{args.epochs}x{args.train_fraction:g}"
+    out = ROOT / "bench" / "results" / f"{name}.json"
     out.write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
