@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,7 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from lit_tune.trial import SweepTrial
-
-SQLITE = "sqlite:///"
+from lit_tune.trial import SQLITE, SweepTrial, sqlite_lock
 
 
 def mlflow_logger(
@@ -55,22 +52,13 @@ def mlflow_experiment(
     experiment_name: str, tracking_uri: str, artifact_location: str, **_: Any
 ) -> tuple[MlflowClient, str]:
     """A client on the store and the id of the experiment, created as mlflow_logger would."""
-    _make_store(tracking_uri)
-    for attempt in range(3):
-        try:
-            client = MlflowClient(tracking_uri)
-            experiment = client.get_experiment_by_name(experiment_name)
-            if experiment is not None:
-                return client, experiment.experiment_id
-            location = Path(artifact_location).resolve().as_uri()
-            return client, client.create_experiment(experiment_name, location)
-        except Exception:
-            # Sweeps started at once race to create the store's tables (MLflow runs its
-            # migrations on first use) or the experiment; the loser finds them on a retry.
-            if attempt == 2:
-                raise
-            time.sleep(1 + attempt)
-    raise AssertionError("unreachable")
+    with sqlite_lock(tracking_uri):  # sweeps started at once would race to create it
+        client = MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is not None:
+            return client, experiment.experiment_id
+        location = Path(artifact_location).resolve().as_uri()
+        return client, client.create_experiment(experiment_name, location)
 
 
 def nest(loggers: list[Logger], sweep: SweepTrial | None) -> None:

@@ -7,35 +7,47 @@ its trial, report the objective every epoch and be pruned.
 
 from __future__ import annotations
 
-import time
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
-from alembic.util.exc import CommandError
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from optuna.storages import RDBStorage
-from sqlalchemy.exc import IntegrityError, OperationalError
 
 SWEEPER_TARGET = "hydra_plugins.lit_tune_sweeper.sweeper.LitTuneSweeper"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the sweep's MLflow parent run
+SQLITE = "sqlite:///"
 
 
 def open_storage(url: str, **kwargs: Any) -> RDBStorage:
     """An Optuna RDB storage; SQLite waits up to a minute for a lock instead of failing."""
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    for attempt in range(3):
+    with sqlite_lock(url):
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+
+
+@contextmanager
+def sqlite_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite database while opening it. MLflow and Optuna
+    create tables and run migrations when they open a database; two processes doing it at
+    once (two sweeps started together) leave a broken schema. Other URLs: no lock."""
+    if not url.startswith(SQLITE):
+        yield
+        return
+    path = Path(url.removeprefix(SQLITE))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-        except (IntegrityError, OperationalError, CommandError):
-            # Processes that open a new database at once race to create its tables; the
-            # loser finds them made on its next try.
-            if attempt == 2:
-                raise
-            time.sleep(1 + attempt)
-    raise AssertionError("unreachable")
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
