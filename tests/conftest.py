@@ -19,15 +19,25 @@ CONF_DIR = ROOT / "conf"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """`python train.py ARGS` in `cwd` (so outputs/ and mlruns/ land there)."""
+def cli_env() -> dict[str, str]:
+    """The environment for a CLI subprocess: no MLflow settings of the caller's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONWARNINGS"] = "ignore"
     env.setdefault("OMP_NUM_THREADS", "1")  # two test workers on two cores
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    """The command line of `python train.py ARGS`."""
+    return [sys.executable, str(ROOT / "train.py"), *args]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`python train.py ARGS` in `cwd` (so outputs/ and mlruns/ land there)."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
+        cli(*args),
         cwd=cwd,
-        env=env,
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from conftest import cli, cli_env, run_cli
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
@@ -128,9 +127,7 @@ def test_diverging_trials_fail_and_the_sweep_goes_on(tmp_path: Path):
 
 
 def test_a_killed_sweep_resumes_to_exactly_its_budget(tmp_path: Path):
-    args = [
-        sys.executable,
-        str(ROOT / "train.py"),
+    args = cli(
         "-m",
         "hparams_search=mlp",
         *FAST,
@@ -140,9 +137,8 @@ def test_a_killed_sweep_resumes_to_exactly_its_budget(tmp_path: Path):
         "hydra.sweeper.study_name=killed",
         "hydra.sweeper.heartbeat_interval=1",
         "hydra.sweeper.grace_period=2",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PYTHONWARNINGS"] = "ignore"
+    )
+    env = cli_env()
     first = subprocess.Popen(
         args,
         cwd=tmp_path,
@@ -182,19 +178,16 @@ def test_a_killed_sweep_resumes_to_exactly_its_budget(tmp_path: Path):
 
 def test_two_workers_share_one_study(tmp_path: Path):
     def worker(seed: int) -> subprocess.Popen[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env |= {"PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+        env = cli_env()
         return subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "train.py"),
+            cli(
                 "-m",
                 "hparams_search=mlp",
                 *FAST,
                 "hydra.sweeper.n_trials=6",
                 "hydra.sweeper.study_name=shared",
                 f"hydra.sweeper.sampler.seed={seed}",
-            ],
+            ),
             cwd=tmp_path,
             env=env,
             stdout=subprocess.DEVNULL,
