@@ -21,7 +21,9 @@ from mlflow import MlflowClient
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def sweep(workdir: Path, name: str, pruner: str, args: argparse.Namespace) -> dict:
+def sweep(
+    workdir: Path, name: str, pruner: str, args: argparse.Namespace, extra: list[str]
+) -> dict:
     command = [
         sys.executable,
         str(ROOT / "train.py"),
@@ -41,6 +43,7 @@ def sweep(workdir: Path, name: str, pruner: str, args: argparse.Namespace) -> di
         "data.batch_size=choice(64,128,256)",
         "model.width=tag(log, int(interval(32, 512)))",
         "model.hidden_layers=range(1, 4)",
+        *extra,
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     started = time.perf_counter()
@@ -60,6 +63,7 @@ def sweep(workdir: Path, name: str, pruner: str, args: argparse.Namespace) -> di
     states = [t.state.name for t in study.trials]
     return {
         "pruner": pruner,
+        "overrides": extra,
         "trials": len(study.trials),
         "pruned": states.count("PRUNED"),
         "failed": states.count("FAIL"),
@@ -79,14 +83,20 @@ def main() -> None:
     parser.add_argument(
         "--train-fraction", type=float, default=1.0, help="of the training batches per epoch"
     )
+    parser.add_argument(
+        "--hyperband",
+        nargs="*",
+        default=[],
+        help="overrides for the pruned arm, e.g. hydra.sweeper.pruner.reduction_factor=4",
+    )
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "results" / "pruning"))
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = [
-        sweep(workdir, f"bench-none-{stamp}", "none", args),
-        sweep(workdir, f"bench-hyperband-{stamp}", "hyperband", args),
+        sweep(workdir, f"bench-none-{stamp}", "none", args, []),
+        sweep(workdir, f"bench-hyperband-{stamp}", "hyperband", args, args.hyperband),
     ]
     plain, pruned = results
     summary = {
@@ -96,7 +106,9 @@ def main() -> None:
         "epoch_ratio": pruned["epochs_trained"] / plain["epochs_trained"],
         "best_difference_points": 100 * (pruned["best_val_acc"] - plain["best_val_acc"]),
     }
-    name = f"pruning-{args.trials}x{args.epochs}x{args.train_fraction:g}"
+    name = f"pruning-{args.trials}x{args.epochs}x{args.train_fraction:g}-seed{args.seed}"
+    if args.hyperband:
+        name += "-" + "-".join(o.rsplit(".", 1)[-1] for o in args.hyperband)
     out = ROOT / "bench" / "results" / f"{name}.json"
     out.write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

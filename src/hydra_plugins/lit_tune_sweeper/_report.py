@@ -83,6 +83,10 @@ class ParentRun:
             "n_jobs": sweeper.n_jobs,
             **{f"space.{key}": repr(dist) for key, dist in space.items()},
         }
+        for group in ("sampler", "pruner"):  # their settings, as resolved: max_resource, seed...
+            settings = OmegaConf.to_container(sweeper[group], resolve=True)
+            assert isinstance(settings, dict)
+            params.update({f"{group}.{k}": v for k, v in settings.items() if k != "_target_"})
         for key, value in params.items():
             client.log_param(mine, key, str(value)[:6000])
         study.set_user_attr(PARENT_RUN_ATTR, mine)

@@ -58,11 +58,15 @@ class SuccessiveHalvingPrunerConfig(PrunerConfig):
 
 @dataclass
 class HyperbandPrunerConfig(PrunerConfig):
-    """Hyperband: several successive-halving brackets; resource = epochs."""
+    """Hyperband: several successive-halving brackets; resource = epochs.
+
+    max_resource is the trials' epoch budget (trainer.max_epochs), not Optuna's "auto" (the
+    length of the first finished trial, which EarlyStopping can cut short).
+    """
 
     _target_: str = "optuna.pruners.HyperbandPruner"
     min_resource: int = 1
-    max_resource: Any = "auto"
+    max_resource: Any = "${oc.select:trainer.max_epochs,auto}"
     reduction_factor: int = 3
     bootstrap_count: int = 0
 
