@@ -1,19 +1,26 @@
-"""The datamodules: fixed splits, normalisation, whole epochs, the IDX files, clear errors."""
+"""The datamodules: fixed splits, normalisation, whole epochs, both ways of serving them (same
+examples, same order, same metrics), the per-process cache, DDP shards, the IDX files, errors."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from torch import Tensor
 
+from lit_tune import data
 from lit_tune.config import ConfigError
-from lit_tune.data import MNIST, Digits, FashionMNIST, InMemoryData
+from lit_tune.data import MNIST, DeviceBatches, Digits, EpochOrder, FashionMNIST, InMemoryData
+from lit_tune.models import MLP
+from lit_tune.module import Classifier
+from lit_tune.schedules import none as no_schedule
 
 
-def digits(seed: int = 0, batch_size: int = 64) -> Digits:
-    dm = Digits(batch_size=batch_size, val_fraction=0.15, test_fraction=0.15, seed=seed)
+def digits(seed: int = 0, batch_size: int = 64, loader: str = "device") -> Digits:
+    dm = Digits(batch_size, val_fraction=0.15, test_fraction=0.15, seed=seed, loader=loader)
     dm.setup()
     return dm
 
@@ -24,21 +31,21 @@ def rows(x: Tensor) -> set[bytes]:
 
 def test_digits_splits_are_disjoint_and_cover_the_data():
     dm = digits()
-    sizes = {name: len(split) for name, split in dm.splits.items()}
+    sizes = {name: len(y) for name, (_, y) in dm.splits.items()}
     assert sum(sizes.values()) == 1797
     assert sizes["test"] == round(0.15 * 1797)
-    train, val, test = (rows(dm.splits[s].tensors[0]) for s in ("train", "val", "test"))
+    train, val, test = (rows(dm.splits[s][0]) for s in ("train", "val", "test"))
     assert not (train & val) and not (train & test) and not (val & test)
 
 
 def test_splits_depend_on_the_seed_only():
     a, b, c = digits(seed=1), digits(seed=1), digits(seed=2)
-    assert torch.equal(a.splits["val"].tensors[1], b.splits["val"].tensors[1])
-    assert not torch.equal(a.splits["val"].tensors[0], c.splits["val"].tensors[0])
+    assert torch.equal(a.splits["val"][1], b.splits["val"][1])
+    assert not torch.equal(a.splits["val"][0], c.splits["val"][0])
 
 
 def test_training_split_is_normalised():
-    x = digits().splits["train"].tensors[0]
+    x = digits().splits["train"][0]
     assert x.shape[1:] == (1, 8, 8)
     assert abs(float(x.mean())) < 1e-4
     assert float(x.std()) == pytest.approx(1.0, abs=1e-4)
@@ -57,30 +64,38 @@ class Numbered(InMemoryData):
 def test_an_epoch_serves_every_training_example_exactly_once_in_batches():
     dm = Numbered(batch_size=16, val_fraction=0.2, seed=0)
     dm.setup()
-    batches = list(dm.train_dataloader())
+    loader = dm.train_dataloader()
+    batches = list(loader)
     assert [len(y) for _, y in batches] == [16] * 5 + [2]
     served = torch.cat([x.flatten() for x, _ in batches])
-    assert sorted(served.tolist()) == sorted(dm.splits["train"].tensors[0].flatten().tolist())
-    second = torch.cat([x.flatten() for x, _ in dm.train_dataloader()])
+    assert sorted(served.tolist()) == sorted(dm.splits["train"][0].flatten().tolist())
+    loader.sampler.set_epoch(1)  # as Lightning does
+    second = torch.cat([x.flatten() for x, _ in loader])
     assert not torch.equal(served, second)  # reshuffled
+    loader.sampler.set_epoch(0)
+    assert torch.equal(served, torch.cat([x.flatten() for x, _ in loader]))  # resumable
 
 
 def test_mnist_loads_from_the_shared_idx_files(mnist_dir: Path):
     dm = MNIST(str(mnist_dir), batch_size=128, val_fraction=0.1, seed=0, download=False)
     dm.prepare_data()
     dm.setup()
-    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 54000, "val": 6000, "test": 10000}
+    assert {k: len(v[1]) for k, v in dm.splits.items()} == {
+        "train": 54000,
+        "val": 6000,
+        "test": 10000,
+    }
     x, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (128, 1, 28, 28) and x.dtype == torch.float32
-    assert set(dm.splits["test"].tensors[1].tolist()) == set(range(10))
+    assert set(dm.splits["test"][1].tolist()) == set(range(10))
 
 
 def test_fashion_mnist_reads_the_same_idx_layout(fashion_dir: Path):
     dm = FashionMNIST(str(fashion_dir), batch_size=32, val_fraction=0.1, seed=0, download=False)
     dm.prepare_data()
     dm.setup()
-    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 270, "val": 30, "test": 100}
-    assert dm.splits["test"].tensors[1].tolist() == [i % 10 for i in range(100)]
+    assert {k: len(v[1]) for k, v in dm.splits.items()} == {"train": 270, "val": 30, "test": 100}
+    assert dm.splits["test"][1].tolist() == [i % 10 for i in range(100)]
 
 
 @pytest.mark.parametrize("download", [False, True])
@@ -93,3 +108,77 @@ def test_missing_files_say_which_files_to_put_where(tmp_path: Path, download: bo
     assert message.startswith("data.data_dir:")
     assert str(tmp_path / "MNIST" / "raw") in message
     assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
+
+
+def test_both_loaders_serve_the_same_examples_in_the_same_order():
+    fast, slow = digits(loader="device"), digits(loader="dataloader")
+    fast_loader, slow_loader = fast.train_dataloader(), slow.train_dataloader()
+    assert isinstance(fast_loader, DeviceBatches)
+    assert isinstance(slow_loader, torch.utils.data.DataLoader)
+    for epoch in range(3):
+        fast_loader.sampler.set_epoch(epoch)
+        slow_loader.sampler.set_epoch(epoch)
+        a, b = list(fast_loader), list(slow_loader)
+        assert [len(y) for _, y in a] == [len(y) for _, y in b]
+        xa, xb = torch.cat([x for x, _ in a]), torch.cat([x for x, _ in b])
+        assert sorted(rows(xa)) == sorted(rows(xb))  # the same multiset of examples...
+        assert torch.equal(xa, xb)  # ...in the same order, to the bit
+        assert torch.equal(torch.cat([y for _, y in a]), torch.cat([y for _, y in b]))
+    assert len(rows(xa)) == len(fast.splits["train"][1])  # every example, once
+
+
+def fit_digits(loader: str) -> dict[str, float]:
+    L.seed_everything(0)
+    dm = digits(loader=loader)
+    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden_layers=1, width=32)
+    optimizer = functools.partial(torch.optim.SGD, lr=0.1)
+    module = Classifier(net, 10, optimizer, no_schedule)
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=dm)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k != "epoch_time"}
+
+
+def test_both_loaders_give_the_same_metrics_for_a_fixed_seed():
+    fast, slow = fit_digits("device"), fit_digits("dataloader")
+    assert {"train/loss", "val/loss", "val/acc", "val/acc_best"} <= set(fast)
+    assert fast == slow
+    assert fast["val/acc"] > 0.5  # it trained
+
+
+def test_the_data_is_loaded_once_per_process(monkeypatch: pytest.MonkeyPatch):
+    loads = []
+    original = Digits.load
+    monkeypatch.setattr(Digits, "load", lambda self: loads.append(1) or original(self))
+    monkeypatch.setattr(data, "_loaded", {})
+    monkeypatch.setattr(data, "_resident", {})
+    first, second = digits(seed=3), digits(seed=3, batch_size=16)
+    assert len(loads) == 1
+    assert first.splits["train"][0] is second.splits["train"][0]
+    digits(seed=4)  # another split: loaded again, and the cache keeps only the last one
+    assert len(loads) == 2 and len(data._loaded) == 1
+
+
+@pytest.mark.parametrize("n", [10, 11])
+def test_ddp_ranks_shard_an_epoch(n: int):
+    x = torch.arange(n).float()
+
+    def shards(shuffle: bool) -> list[list[int]]:
+        return [
+            torch.cat(
+                [b for b, _ in DeviceBatches(x, x, 4, EpochOrder(n, shuffle, 0), rank, 2)]
+            ).tolist()
+            for rank in range(2)
+        ]
+
+    train = shards(shuffle=True)
+    assert len(train[0]) == len(train[1]) == -(-n // 2)  # equal steps on every rank
+    assert set(train[0]) | set(train[1]) == set(range(n))
+    val = shards(shuffle=False)
+    assert sorted(val[0] + val[1]) == list(range(n))  # no padding: each example counted once

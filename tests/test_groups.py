@@ -31,14 +31,32 @@ def test_every_logger_and_callbacks_pair_records_a_real_epoch(tmp_path: Path):
     result = run_cli(
         "-m",
         "logger=mlflow,csv,none",
-        "callbacks=default,none",
+        "callbacks=default,sweep,none",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=3",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(objectives(result.stdout)) == 6
-    assert len(list(tmp_path.glob("multirun/*/*/*/csv/version_0/metrics.csv"))) == 2
+    assert len(objectives(result.stdout)) == 9
+    assert len(list(tmp_path.glob("multirun/*/*/*/csv/version_0/metrics.csv"))) == 3
+
+    def count(name: str) -> int:
+        return len(list(tmp_path.glob(f"multirun/*/*/*/checkpoints/{name}")))
+
+    assert (count("best.ckpt"), count("last.ckpt")) == (6, 3)  # `sweep` keeps no last.ckpt
+
+
+def test_the_dataloader_path_runs_with_worker_processes(tmp_path: Path):
+    result = run_cli(
+        "data.loader=dataloader",
+        "data.num_workers=2",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=4",
+        "logger=none",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 0.0 < objectives(result.stdout)[0] <= 1.0
     assert (tmp_path / "mlruns" / "mlflow.db").is_file()
 
 

@@ -56,6 +56,7 @@ POSITIVE: Rule = (lambda v: _is_number(v) and v > 0, "a number > 0")
 NON_NEGATIVE: Rule = (lambda v: _is_number(v) and v >= 0, "a number >= 0")
 FRACTION: Rule = (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)")
 PROBABILITY: Rule = (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+BOOLEAN: Rule = (lambda v: isinstance(v, bool), "true or false")
 
 
 def _one_of(*allowed: str) -> Rule:
@@ -70,10 +71,13 @@ def _list_of_positive_ints(v: Any) -> bool:
 # that is absent is not checked.
 RULES: dict[str, Rule] = {
     "seed": NON_NEGATIVE_INT,
+    "compile": BOOLEAN,
     "objective.mode": _one_of("max", "min"),
     "data.batch_size": POSITIVE_INT,
     "data.val_fraction": FRACTION,
     "data.test_fraction": FRACTION,
+    "data.loader": _one_of("device", "dataloader"),
+    "data.num_workers": NON_NEGATIVE_INT,
     "model.hidden_layers": NON_NEGATIVE_INT,
     "model.width": POSITIVE_INT,
     "model.widths": (_list_of_positive_ints, "null or a non-empty list of integers > 0"),

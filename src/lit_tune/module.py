@@ -45,8 +45,11 @@ class Classifier(L.LightningModule):
             "_nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False
         )
         self._epoch_start = 0.0
+        self.channels_last = False
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -96,6 +99,11 @@ class Classifier(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.val_acc_best.reset()
+        # On a GPU, convolutions run fastest on NHWC ("channels last") tensors.
+        convolutional = any(isinstance(m, nn.Conv2d) for m in self.net.modules())
+        self.channels_last = self.device.type == "cuda" and convolutional
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = self.optimizer_factory(self.parameters())

@@ -74,7 +74,7 @@ class ParentRun:
             client.delete_run(mine)
             return str(first)
         sweeper = config.hydra.sweeper
-        params = {
+        params: dict[str, Any] = {
             "study_name": name,
             "sampler": type(study.sampler).__name__,
             "pruner": type(study.pruner).__name__,
@@ -86,7 +86,7 @@ class ParentRun:
         for group in ("sampler", "pruner"):  # their settings, as resolved: max_resource, seed...
             settings = OmegaConf.to_container(sweeper[group], resolve=True)
             assert isinstance(settings, dict)
-            params.update({f"{group}.{k}": v for k, v in settings.items() if k != "_target_"})
+            params.update({f"{group}.{k!s}": v for k, v in settings.items() if k != "_target_"})
         for key, value in params.items():
             client.log_param(mine, key, str(value)[:6000])
         study.set_user_attr(PARENT_RUN_ATTR, mine)
