@@ -49,6 +49,11 @@ def sweep(
     started = time.perf_counter()
     subprocess.run(command, cwd=workdir, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
+    return {"pruner": pruner, "overrides": extra, **results(workdir, name), "wall_seconds": wall}
+
+
+def results(workdir: Path, name: str) -> dict:
+    """Trials, pruned, failed, epochs trained and the best value of study `name`."""
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir}/mlruns/optuna.db")
     client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     runs = client.search_runs(
@@ -62,15 +67,12 @@ def sweep(
     )
     states = [t.state.name for t in study.trials]
     return {
-        "pruner": pruner,
-        "overrides": extra,
         "trials": len(study.trials),
         "pruned": states.count("PRUNED"),
         "failed": states.count("FAIL"),
         "epochs_trained": epochs,
         "best_val_acc": study.best_value,
         "best_params": study.best_params,
-        "wall_seconds": round(wall, 1),
     }
 
 
@@ -110,6 +112,7 @@ def main() -> None:
     if args.hyperband:
         name += "-" + "-".join(o.rsplit(".", 1)[-1] for o in args.hyperband)
     out = ROOT / "bench" / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 

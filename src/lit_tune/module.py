@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities.types import LRSchedulerConfigType, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torchmetrics import MaxMetric
+from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -19,9 +19,11 @@ SchedulerFactory = Callable[..., LRSchedulerConfigType]
 
 
 class Classifier(L.LightningModule):
-    """Cross-entropy classification. Logs per epoch: train/loss, val/loss, val/acc,
-    val/acc_best, epoch_time (s); after testing, test/loss, test/acc and `confusion`."""
+    """Cross-entropy classification. Logs per epoch (never per step): train/loss, val/loss,
+    val/acc, val/acc_best, epoch_time (s); after testing, test/loss, test/acc, `confusion`."""
 
+    _loss_sum: Tensor
+    _seen: Tensor
     _nonfinite_steps: Tensor
 
     def __init__(
@@ -37,10 +39,16 @@ class Classifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
+        # "disable": no NaN check, which would cost a device-to-host sync per batch.
+        self.val_loss = MeanMetric(nan_strategy="disable")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_loss = MeanMetric(nan_strategy="disable")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.confusion: Tensor | None = None
-        # Counted on the device, read once per epoch: divergence costs no per-step sync.
+        # Summed on the device, read once per epoch. A self.log per training step would cost
+        # about 1 ms of Lightning bookkeeping each (docs/benchmarks.md); this costs two adds.
+        for name, dtype in [("_loss_sum", torch.float32), ("_seen", torch.long)]:
+            self.register_buffer(name, torch.zeros((), dtype=dtype), persistent=False)
         self.register_buffer(
             "_nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False
         )
@@ -55,19 +63,21 @@ class Classifier(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss = F.cross_entropy(self(x), y)
-        # Epoch-level only: a per-step value would force a device sync every batch.
-        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        self._loss_sum += loss.detach() * len(y)
+        self._seen += len(y)
         self._nonfinite_steps += ~torch.isfinite(loss)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.val_acc(logits, y)
-        self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
-        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+        self.val_acc.update(logits, y)
+        self.val_loss.update(F.cross_entropy(logits, y), len(y))
 
     def on_validation_epoch_end(self) -> None:
+        # Logged once per epoch, like train/loss: see __init__.
+        self.log("val/loss", self.val_loss)
+        self.log("val/acc", self.val_acc, prog_bar=True)
         if self.trainer.sanity_checking:
             return
         self.val_acc_best(self.val_acc.compute())
@@ -76,12 +86,13 @@ class Classifier(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.test_acc(logits, y)
+        self.test_acc.update(logits, y)
+        self.test_loss.update(F.cross_entropy(logits, y), len(y))
         self.test_confusion.update(logits, y)
-        self.log("test/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
-        self.log("test/acc", self.test_acc, on_epoch=True)
 
     def on_test_epoch_end(self) -> None:
+        self.log("test/loss", self.test_loss)
+        self.log("test/acc", self.test_acc)
         self.confusion = self.test_confusion.compute().cpu()
         self.test_confusion.reset()
 
@@ -91,9 +102,13 @@ class Classifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         # Lightning runs the epoch's validation before this hook, so this is train + val.
         self.log("epoch_time", time.perf_counter() - self._epoch_start)
-        if int(self._nonfinite_steps):  # one sync per epoch
+        self.log("train/loss", self._loss_sum / self._seen.clamp(min=1), sync_dist=True)
+        nonfinite = int(self._nonfinite_steps)  # one sync per epoch
+        for buffer in (self._loss_sum, self._seen, self._nonfinite_steps):
+            buffer.zero_()
+        if nonfinite:
             raise FloatingPointError(
-                f"diverged: train/loss was not finite in {int(self._nonfinite_steps)} steps "
+                f"diverged: train/loss was not finite in {nonfinite} steps "
                 f"of epoch {self.current_epoch}"
             )
 

@@ -61,13 +61,15 @@ class HyperbandPrunerConfig(PrunerConfig):
     """Hyperband: several successive-halving brackets; resource = epochs.
 
     max_resource is the trials' epoch budget (trainer.max_epochs), not Optuna's "auto" (the
-    length of the first finished trial, which EarlyStopping can cut short).
+    length of the first finished trial, which EarlyStopping can cut short). reduction_factor 4
+    (Optuna's default is 3): on the MNIST benchmark it kept the best model with 39 % of the
+    epochs, where 3 needed 60 % (docs/benchmarks.md).
     """
 
     _target_: str = "optuna.pruners.HyperbandPruner"
     min_resource: int = 1
     max_resource: Any = "${oc.select:trainer.max_epochs,auto}"
-    reduction_factor: int = 3
+    reduction_factor: int = 4
     bootstrap_count: int = 0
 
 

@@ -1,0 +1,229 @@
+"""Benchmark: what an epoch and a trial cost, against the loop one would write by hand.
+
+MNIST, MLP 784-256-256-10, batch 128, Adam, no LR schedule. Each figure is min/median/max over
+--repeats runs, each run the median of its epochs after the first (the first pays warm-up):
+
+  a. seconds per epoch of the full pipeline (`python train.py`: MLflow logging, progress bar,
+     checkpoints, early stopping) and of a plain PyTorch loop over the same tensors, same model,
+     batch size and number of steps, with the same validation pass, in the same run;
+  b. a plain loop over torchvision MNIST + ToTensor + DataLoader (the usual recipe), and the
+     pipeline with `data.loader=dataloader`;
+  c. the per-trial overhead of a sweep: the extra wall time of each further trial beyond its
+     training (epochs' train + validation time), from sweeps of two sizes;
+  d. the peak RSS of a sweep.
+
+Writes bench/results/speed-<device>.json. Usage: python bench/speed.py --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from mlflow import MlflowClient
+
+from lit_tune.data import MNIST
+from lit_tune.models import MLP
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ["model=mlp", "model.hidden_layers=2", "model.width=256", "model.dropout=0.0"]
+COMMON = [*MODEL, "data=mnist", "data.batch_size=128", "optimizer=adam", "scheduler=none"]
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "min": round(min(values), 4),
+        "median": round(statistics.median(values), 4),
+        "max": round(max(values), 4),
+    }
+
+
+def run(args: list[str], workdir: Path) -> tuple[float, float]:
+    """Run train.py with `args` in `workdir`; return its wall seconds and peak RSS (MiB)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(process.pid, 0)  # the rusage of this command alone
+    wall = time.perf_counter() - started
+    if status:
+        raise RuntimeError(f"train.py {' '.join(args)} failed: {process.stderr.read()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def child_runs(workdir: Path) -> list:
+    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return [(client, r) for r in runs if r.data.tags.get("lit_tune.role") != "sweep"]
+
+
+def pipeline_epoch(data_dir: str, epochs: int, loader: str) -> float:
+    """Median seconds per epoch of `python train.py`, from the times MLflow logged each epoch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run(
+            [
+                *COMMON,
+                f"data.data_dir={data_dir}",
+                f"data.loader={loader}",
+                f"trainer.max_epochs={epochs}",
+                f"callbacks.early_stopping.patience={epochs}",
+            ],
+            Path(tmp),
+        )
+        [(client, found)] = child_runs(Path(tmp))
+        stamps = [m.timestamp for m in client.get_metric_history(found.info.run_id, "val/acc")]
+    return statistics.median((b - a) / 1000 for a, b in itertools.pairwise(stamps[1:]))
+
+
+def plain_loop_epoch(batches, val_batches, epochs: int, device: torch.device) -> float:
+    """Median seconds per epoch of the loop one writes by hand: train, then validate."""
+    torch.manual_seed(0)
+    model = MLP(input_shape=(1, 28, 28), num_classes=10, hidden_layers=2, width=256).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    times = []
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        model.train()
+        for x, y in batches(epoch):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        correct = torch.zeros((), device=device)
+        with torch.no_grad():
+            for x, y in val_batches():
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                correct += (model(x).argmax(1) == y).sum()
+        float(correct)  # one sync per epoch, as the pipeline's epoch-end metrics
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
+
+
+def tensor_loop(data_dir: str, epochs: int, device: torch.device) -> float:
+    dm = MNIST(data_dir, batch_size=128, val_fraction=0.1, seed=0, download=False)
+    dm.setup()
+    (x, y), (vx, vy) = ((t.to(device) for t in dm.splits[s]) for s in ("train", "val"))
+
+    def batches(epoch: int):
+        order = torch.randperm(len(x), device=device)
+        return ((x[i], y[i]) for i in order.split(128))
+
+    def val_batches():
+        return zip(vx.split(128), vy.split(128), strict=True)
+
+    return plain_loop_epoch(batches, val_batches, epochs, device)
+
+
+def torchvision_loop(data_dir: str, epochs: int, device: torch.device) -> float:
+    transform = torchvision.transforms.ToTensor()
+    train = torchvision.datasets.MNIST(data_dir, train=True, transform=transform)
+    generator = torch.Generator().manual_seed(0)
+    train_set, val_set = torch.utils.data.random_split(train, [54000, 6000], generator)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=128, shuffle=True)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=128)
+    return plain_loop_epoch(lambda _: loader, lambda: val_loader, epochs, device)
+
+
+def sweep_cost(data_dir: str, trials: int) -> tuple[float, float, float]:
+    """Wall seconds, training seconds (sum of epoch_time) and peak RSS (MiB) of a sweep."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, rss = run(
+            [
+                "-m",
+                "hydra/sweeper=lit_tune",
+                "hydra/launcher=joblib",
+                "hydra.sweeper.direction=maximize",
+                f"hydra.sweeper.n_trials={trials}",
+                *COMMON,
+                f"data.data_dir={data_dir}",
+                # One point, searched again and again: every trial does the same work.
+                "optimizer.lr=choice(0.001)",
+                "trainer.max_epochs=1",
+                "trainer.limit_train_batches=0.1",
+                "trainer.num_sanity_val_steps=0",
+                "callbacks.progress_bar.refresh_rate=0",
+            ],
+            Path(tmp),
+        )
+        training = sum(
+            m.value
+            for client, r in child_runs(Path(tmp))
+            for m in client.get_metric_history(r.info.run_id, "epoch_time")
+        )
+    return wall, training, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help="folder holding MNIST/raw")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--trials", type=int, nargs=2, default=[2, 12], metavar=("FEW", "MANY"))
+    args = parser.parse_args()
+    data_dir = str(Path(args.data_dir).resolve())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    figures: dict[str, list[float]] = {}
+    for _ in range(args.repeats):  # interleaved, so that a slow spell hits every figure
+        for name, measure in [
+            ("plain_loop_tensors", lambda: tensor_loop(data_dir, args.epochs, device)),
+            ("pipeline", lambda: pipeline_epoch(data_dir, args.epochs, "device")),
+            ("plain_loop_torchvision", lambda: torchvision_loop(data_dir, args.epochs, device)),
+            ("pipeline_dataloader", lambda: pipeline_epoch(data_dir, args.epochs, "dataloader")),
+        ]:
+            figures.setdefault(name, []).append(measure())
+            print(name, round(figures[name][-1], 3), flush=True)
+
+    few, many = args.trials
+    overhead, rss = [], []
+    for _ in range(args.repeats):
+        (w1, t1, _), (w2, t2, peak) = sweep_cost(data_dir, few), sweep_cost(data_dir, many)
+        overhead.append(((w2 - t2) - (w1 - t1)) / (many - few))
+        rss.append(peak)
+        print("overhead per trial", round(overhead[-1], 3), "peak MiB", round(rss[-1]), flush=True)
+
+    median = {name: statistics.median(values) for name, values in figures.items()}
+    summary = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "torch": torch.__version__,
+        },
+        "settings": vars(args),
+        "seconds_per_epoch": {name: spread(values) for name, values in figures.items()},
+        "a_pipeline_over_plain_loop": round(median["pipeline"] / median["plain_loop_tensors"], 3),
+        "b_torchvision_over_pipeline": round(
+            median["plain_loop_torchvision"] / median["pipeline"], 2
+        ),
+        "c_overhead_seconds_per_trial": spread(overhead),
+        "d_sweep_peak_rss_mib": spread(rss),
+    }
+    out = ROOT / "bench" / "results" / f"speed-{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
