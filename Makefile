@@ -36,7 +36,8 @@ where:
 	@echo "the sweep is the parent run, its trials are nested under it)."
 
 bench: install  ## benchmarks (not tests); DATA_DIR holds MNIST/raw
-	$(PY) bench/pruning.py --data-dir $(DATA_DIR)
+	$(PY) bench/speed.py --data-dir $(DATA_DIR)
+	$(PY) bench/pruning.py --data-dir $(DATA_DIR) --trials 40 --epochs 15 --train-fraction 0.25
 
 test: install
 	$(PY) -m pytest -n 2 $(ARGS)

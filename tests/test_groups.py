@@ -44,6 +44,7 @@ def test_every_logger_and_callbacks_pair_records_a_real_epoch(tmp_path: Path):
         return len(list(tmp_path.glob(f"multirun/*/*/*/checkpoints/{name}")))
 
     assert (count("best.ckpt"), count("last.ckpt")) == (6, 3)  # `sweep` keeps no last.ckpt
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
 
 
 def test_the_dataloader_path_runs_with_worker_processes(tmp_path: Path):
@@ -57,7 +58,6 @@ def test_the_dataloader_path_runs_with_worker_processes(tmp_path: Path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert 0.0 < objectives(result.stdout)[0] <= 1.0
-    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
 
 
 def test_mnist_and_fashion_mnist_run(tmp_path: Path, mnist_dir: Path, fashion_dir: Path):

@@ -17,6 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from hydra_plugins.lit_tune_sweeper._core import counts
+from lit_tune.trial import open_storage
 
 pytestmark = pytest.mark.slow
 # In-process trials, short training: these tests are about the sweep, not the models.
@@ -30,7 +31,9 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
 def load(cwd: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd}/mlruns/optuna.db")
+    # Through the sweeper's own door: opening the store while a sweep creates it would race.
+    storage = open_storage(f"sqlite:///{cwd}/mlruns/optuna.db")
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def mlflow_runs(cwd: Path, name: str) -> tuple[list, dict[int, list]]:
