@@ -8,8 +8,9 @@ MNIST, MLP 784-256-256-10, batch 128, Adam, no LR schedule. Each figure is min/m
      batch size and number of steps, with the same validation pass, in the same run;
   b. a plain loop over torchvision MNIST + ToTensor + DataLoader (the usual recipe), and the
      pipeline with `data.loader=dataloader`;
-  c. the per-trial overhead of a sweep: the extra wall time of each further trial beyond its
-     training (epochs' train + validation time), from sweeps of two sizes;
+  c. the per-trial overhead of a sweep, from sweeps of two sizes: the extra wall time of each
+     further trial beyond its epochs (train + validation), and beyond its MLflow run (what the
+     sweep itself adds: Hydra job, Optuna ask/tell, launcher);
   d. the peak RSS of a sweep.
 
 Writes bench/results/speed-<device>.json. Usage: python bench/speed.py --data-dir ../shared/data
@@ -143,14 +144,16 @@ def torchvision_loop(data_dir: str, epochs: int, device: torch.device) -> float:
     return plain_loop_epoch(lambda _: loader, lambda: val_loader, epochs, device)
 
 
-def sweep_cost(data_dir: str, trials: int) -> tuple[float, float, float]:
-    """Wall seconds, training seconds (sum of epoch_time) and peak RSS (MiB) of a sweep."""
+def sweep_cost(data_dir: str, trials: int) -> dict[str, float]:
+    """Wall seconds of a sweep, the seconds its trials spent in epochs (sum of epoch_time) and
+    in their MLflow runs (start to end), and its peak RSS (MiB)."""
     with tempfile.TemporaryDirectory() as tmp:
         wall, rss = run(
             [
                 "-m",
                 "hydra/sweeper=lit_tune",
                 "hydra/launcher=joblib",
+                "callbacks=sweep",
                 "hydra.sweeper.direction=maximize",
                 f"hydra.sweeper.n_trials={trials}",
                 *COMMON,
@@ -164,12 +167,14 @@ def sweep_cost(data_dir: str, trials: int) -> tuple[float, float, float]:
             ],
             Path(tmp),
         )
-        training = sum(
+        runs = child_runs(Path(tmp))
+        epochs = sum(
             m.value
-            for client, r in child_runs(Path(tmp))
+            for client, r in runs
             for m in client.get_metric_history(r.info.run_id, "epoch_time")
         )
-    return wall, training, rss
+        in_runs = sum((r.info.end_time - r.info.start_time) / 1000 for _, r in runs)
+    return {"wall": wall, "epochs": epochs, "runs": in_runs, "rss": rss}
 
 
 def main() -> None:
@@ -193,13 +198,18 @@ def main() -> None:
             figures.setdefault(name, []).append(measure())
             print(name, round(figures[name][-1], 3), flush=True)
 
+    # Per-trial overhead: the slope, over two sweep sizes, of wall time minus time inside.
+    # Sweeps of both sizes pay the same start-up (imports, stores, the closing report) once.
     few, many = args.trials
-    overhead, rss = [], []
+    overhead: dict[str, list[float]] = {"beyond_epochs": [], "beyond_runs": []}
+    rss = []
     for _ in range(args.repeats):
-        (w1, t1, _), (w2, t2, peak) = sweep_cost(data_dir, few), sweep_cost(data_dir, many)
-        overhead.append(((w2 - t2) - (w1 - t1)) / (many - few))
-        rss.append(peak)
-        print("overhead per trial", round(overhead[-1], 3), "peak MiB", round(rss[-1]), flush=True)
+        small, large = sweep_cost(data_dir, few), sweep_cost(data_dir, many)
+        for name, inside in [("beyond_epochs", "epochs"), ("beyond_runs", "runs")]:
+            extra = (large["wall"] - large[inside]) - (small["wall"] - small[inside])
+            overhead[name].append(extra / (many - few))
+        rss.append(large["rss"])
+        print("overhead per trial", overhead, "peak MiB", round(rss[-1]), flush=True)
 
     median = {name: statistics.median(values) for name, values in figures.items()}
     summary = {
@@ -216,7 +226,7 @@ def main() -> None:
         "b_torchvision_over_pipeline": round(
             median["plain_loop_torchvision"] / median["pipeline"], 2
         ),
-        "c_overhead_seconds_per_trial": spread(overhead),
+        "c_overhead_seconds_per_trial": {k: spread(v) for k, v in overhead.items()},
         "d_sweep_peak_rss_mib": spread(rss),
     }
     out = ROOT / "bench" / "results" / f"speed-{device.type}.json"
