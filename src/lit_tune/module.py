@@ -39,7 +39,8 @@ class Classifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
-        # "disable": no NaN check, which would cost a device-to-host sync per batch.
+        # "disable": no NaN check, which would cost a device-to-host sync per batch. (It also
+        # drops `weight` in torchmetrics 1.9, so the steps pass one loss per example.)
         self.val_loss = MeanMetric(nan_strategy="disable")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_loss = MeanMetric(nan_strategy="disable")
@@ -72,7 +73,7 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         self.val_acc.update(logits, y)
-        self.val_loss.update(F.cross_entropy(logits, y), len(y))
+        self.val_loss.update(F.cross_entropy(logits, y, reduction="none"))
 
     def on_validation_epoch_end(self) -> None:
         # Logged once per epoch, like train/loss: see __init__.
@@ -87,7 +88,7 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         self.test_acc.update(logits, y)
-        self.test_loss.update(F.cross_entropy(logits, y), len(y))
+        self.test_loss.update(F.cross_entropy(logits, y, reduction="none"))
         self.test_confusion.update(logits, y)
 
     def on_test_epoch_end(self) -> None:
