@@ -9,8 +9,8 @@ MNIST, MLP 784-256-256-10, batch 128, Adam, no LR schedule. Each figure is min/m
   b. a plain loop over torchvision MNIST + ToTensor + DataLoader (the usual recipe), and the
      pipeline with `data.loader=dataloader`;
   c. the per-trial overhead of a sweep, from sweeps of two sizes: the extra wall time of each
-     further trial beyond its epochs (train + validation), and beyond its MLflow run (what the
-     sweep itself adds: Hydra job, Optuna ask/tell, launcher);
+     further trial beyond the trial itself (Optuna's ask to tell: what the sweeper and the
+     launcher add), beyond its MLflow run, and beyond its epochs (train + validation);
   d. the peak RSS of a sweep.
 
 Writes bench/results/speed-<device>.json. Usage: python bench/speed.py --data-dir ../shared/data
@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -174,7 +175,13 @@ def sweep_cost(data_dir: str, trials: int) -> dict[str, float]:
             for m in client.get_metric_history(r.info.run_id, "epoch_time")
         )
         in_runs = sum((r.info.end_time - r.info.start_time) / 1000 for _, r in runs)
-    return {"wall": wall, "epochs": epochs, "runs": in_runs, "rss": rss}
+        storage = f"sqlite:///{tmp}/mlruns/optuna.db"
+        [name] = optuna.get_all_study_names(storage)
+        in_trials = sum(  # from ask to tell: the Hydra job and all of train()
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in optuna.load_study(study_name=name, storage=storage).trials
+        )
+    return {"wall": wall, "epochs": epochs, "runs": in_runs, "trials": in_trials, "rss": rss}
 
 
 def main() -> None:
@@ -201,11 +208,12 @@ def main() -> None:
     # Per-trial overhead: the slope, over two sweep sizes, of wall time minus time inside.
     # Sweeps of both sizes pay the same start-up (imports, stores, the closing report) once.
     few, many = args.trials
-    overhead: dict[str, list[float]] = {"beyond_epochs": [], "beyond_runs": []}
+    overhead: dict[str, list[float]] = {"beyond_epochs": [], "beyond_runs": [], "sweeper": []}
     rss = []
     for _ in range(args.repeats):
         small, large = sweep_cost(data_dir, few), sweep_cost(data_dir, many)
-        for name, inside in [("beyond_epochs", "epochs"), ("beyond_runs", "runs")]:
+        inside_of = {"beyond_epochs": "epochs", "beyond_runs": "runs", "sweeper": "trials"}
+        for name, inside in inside_of.items():
             extra = (large["wall"] - large[inside]) - (small["wall"] - small[inside])
             overhead[name].append(extra / (many - few))
         rss.append(large["rss"])

@@ -269,6 +269,8 @@ class MNIST(InMemoryData):
 
     def prepare_data(self) -> None:
         raw = (Path(self.data_dir) / self.dataset.__name__ / "raw").resolve()
+        if all((raw / name).is_file() for name in IDX_FILES):
+            return  # what torchvision would check; building its datasets would read them all
         try:
             self.dataset(self.data_dir, train=True, download=self.download)
             self.dataset(self.data_dir, train=False, download=self.download)
