@@ -68,3 +68,12 @@ def test_the_mlflow_run_holds_params_metrics_and_artifacts(digits_run):
     assert checkpoint["epoch"] < EPOCHS
     config = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(cwd)))
     assert "_target_: lit_tune.models.MLP" in config.read_text()
+
+
+def test_compile_runs_and_keeps_checkpoint_keys(tmp_path: Path):
+    result = run_cli("compile=true", "trainer.max_epochs=1", "logger=none", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 0.0 < objectives(result.stdout)[0] <= 1.0
+    [checkpoint] = tmp_path.glob("outputs/*/*/checkpoints/best.ckpt")
+    keys = torch.load(checkpoint, weights_only=True)["state_dict"].keys()
+    assert keys and not any("_orig_mod" in key for key in keys)  # loads into an uncompiled net
