@@ -182,3 +182,37 @@ def test_ddp_ranks_shard_an_epoch(n: int):
     assert set(train[0]) | set(train[1]) == set(range(n))
     val = shards(shuffle=False)
     assert sorted(val[0] + val[1]) == list(range(n))  # no padding: each example counted once
+
+
+def test_random_shift_translates_each_image_and_fills_with_zeros():
+    torch.manual_seed(0)
+    images = torch.rand(64, 2, 8, 8) + 1.0  # no zeros of its own
+    assert torch.equal(data.random_shift(images, 0), images)
+    shifted = data.random_shift(images, 2)
+    assert shifted.shape == images.shape
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    moves = set()
+    for i in range(len(images)):
+        found = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(shifted[i], padded[i, :, dy : dy + 8, dx : dx + 8])
+        ]
+        assert len(found) == 1, i  # one translation, the same for every channel
+        moves.add(found[0])
+    assert len(moves) > 10  # drawn per image, not once per batch
+
+
+def test_shift_applies_to_training_batches_only():
+    dm = digits()
+    dm.shift = 1
+    batch = dm.splits["val"][0][:8], dm.splits["val"][1][:8]
+    assert dm.on_after_batch_transfer(batch, 0) is batch  # no trainer: not training
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False)
+    dm.trainer = trainer
+    trainer.state.stage = "train"
+    moved, labels = dm.on_after_batch_transfer(batch, 0)
+    assert labels is batch[1] and not torch.equal(moved, batch[0])
+    trainer.state.stage = "validate"
+    assert dm.on_after_batch_transfer(batch, 0) is batch

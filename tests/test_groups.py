@@ -104,3 +104,16 @@ def test_default_trainer_picks_bf16_only_where_a_gpu_has_it(compose_cfg):
 def test_gpu_trainer_runs(tmp_path: Path):
     result = run_cli("trainer=gpu", "trainer.fast_dev_run=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_cnn_trains_on_shifted_batches(tmp_path: Path):
+    result = run_cli(
+        "model=cnn",
+        "data.shift=2",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4",
+        "logger=none",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 0.0 < objectives(result.stdout)[0] <= 1.0

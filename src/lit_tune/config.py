@@ -78,6 +78,7 @@ RULES: dict[str, Rule] = {
     "data.test_fraction": FRACTION,
     "data.loader": _one_of("device", "dataloader"),
     "data.num_workers": NON_NEGATIVE_INT,
+    "data.shift": NON_NEGATIVE_INT,
     "model.hidden_layers": NON_NEGATIVE_INT,
     "model.width": POSITIVE_INT,
     "model.widths": (_list_of_positive_ints, "null or a non-empty list of integers > 0"),
