@@ -11,7 +11,9 @@ MNIST, MLP 784-256-256-10, batch 128, Adam, no LR schedule. Each figure is min/m
   c. the per-trial overhead of a sweep, from sweeps of two sizes: the extra wall time of each
      further trial beyond the trial itself (Optuna's ask to tell: what the sweeper and the
      launcher add), beyond its MLflow run, and beyond its epochs (train + validation);
-  d. the peak RSS of a sweep.
+  d. the peak RSS of a sweep;
+  e. on a GPU (or with --time-to-accuracy): seconds until a CNN reaches 99 % val/acc, and the
+     test/acc of its best checkpoint.
 
 Writes bench/results/speed-<device>.json. Usage: python bench/speed.py --data-dir ../shared/data
 """
@@ -184,12 +186,53 @@ def sweep_cost(data_dir: str, trials: int) -> dict[str, float]:
     return {"wall": wall, "epochs": epochs, "runs": in_runs, "trials": in_trials, "rss": rss}
 
 
+# (e): a CNN recipe for 99 %: 3 conv blocks, shifted batches, one-cycle Adam.
+CNN = [
+    "data=mnist",
+    "model=cnn",
+    "model.depth=3",
+    "data.shift=2",
+    "data.batch_size=256",
+    "optimizer=adam",
+    "scheduler=one_cycle",
+    "scheduler.max_lr=0.01",
+]
+
+
+def time_to_accuracy(data_dir: str, target: float, epochs: int) -> dict[str, float | None]:
+    """Seconds from the start of the CNN's MLflow run to the end of the first epoch whose
+    val/acc reaches `target`, and the run's test/acc (of its best checkpoint) at the end."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run(
+            [
+                *CNN,
+                f"data.data_dir={data_dir}",
+                f"trainer.max_epochs={epochs}",
+                f"callbacks.early_stopping.patience={epochs}",
+            ],
+            Path(tmp),
+        )
+        [(client, found)] = child_runs(Path(tmp))
+        history = client.get_metric_history(found.info.run_id, "val/acc")
+        reached = [m.timestamp for m in history if m.value >= target]
+        seconds = (min(reached) - found.info.start_time) / 1000 if reached else None
+        return {"seconds": seconds, "test_acc": found.data.metrics.get("test/acc")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="folder holding MNIST/raw")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--trials", type=int, nargs=2, default=[2, 12], metavar=("FEW", "MANY"))
+    parser.add_argument(
+        "--time-to-accuracy",
+        type=float,
+        nargs=2,
+        metavar=("TARGET", "EPOCHS"),
+        help="(e) seconds until the CNN's val/acc reaches TARGET, within EPOCHS (default on a "
+        "GPU: 0.99 within 15)",
+    )
     args = parser.parse_args()
     data_dir = str(Path(args.data_dir).resolve())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -219,6 +262,14 @@ def main() -> None:
         rss.append(large["rss"])
         print("overhead per trial", overhead, "peak MiB", round(rss[-1]), flush=True)
 
+    to_accuracy = args.time_to_accuracy or ((0.99, 15) if device.type == "cuda" else None)
+    reached = []
+    if to_accuracy:
+        target, epochs = to_accuracy
+        for _ in range(args.repeats):
+            reached.append(time_to_accuracy(data_dir, target, int(epochs)))
+            print("time to accuracy", reached[-1], flush=True)
+
     median = {name: statistics.median(values) for name, values in figures.items()}
     summary = {
         "machine": {
@@ -237,6 +288,15 @@ def main() -> None:
         "c_overhead_seconds_per_trial": {k: spread(v) for k, v in overhead.items()},
         "d_sweep_peak_rss_mib": spread(rss),
     }
+    if to_accuracy:
+        seconds = [r["seconds"] for r in reached if r["seconds"] is not None]
+        summary["e_time_to_accuracy"] = {
+            "target": to_accuracy[0],
+            "recipe": CNN,
+            "reached": f"{len(seconds)} of {len(reached)} runs",
+            "seconds": spread(seconds) if seconds else None,
+            "test_acc": [r["test_acc"] for r in reached],
+        }
     out = ROOT / "bench" / "results" / f"speed-{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
