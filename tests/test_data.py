@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import bare_trainer
 from torch import Tensor
 
 from lit_tune import data
@@ -133,14 +134,7 @@ def fit_digits(loader: str) -> dict[str, float]:
     net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden_layers=1, width=32)
     optimizer = functools.partial(torch.optim.SGD, lr=0.1)
     module = Classifier(net, 10, optimizer, no_schedule)
-    trainer = L.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = bare_trainer(max_epochs=3)
     trainer.fit(module, datamodule=dm)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k != "epoch_time"}
 
@@ -209,7 +203,7 @@ def test_shift_applies_to_training_batches_only():
     dm.shift = 1
     batch = dm.splits["val"][0][:8], dm.splits["val"][1][:8]
     assert dm.on_after_batch_transfer(batch, 0) is batch  # no trainer: not training
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False)
+    trainer = bare_trainer(max_epochs=1)
     dm.trainer = trainer
     trainer.state.stage = "train"
     moved, labels = dm.on_after_batch_transfer(batch, 0)

@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import bare_trainer
 
 from lit_tune.data import Digits
 from lit_tune.models import MLP
@@ -22,15 +23,7 @@ def test_epoch_metrics_are_the_means_over_every_example():
     dm = Digits(batch_size=100, val_fraction=0.15, test_fraction=0.15, seed=0)
     net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden_layers=1, width=16)
     module = Classifier(net, 10, functools.partial(torch.optim.SGD, lr=0.0), no_schedule)
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = bare_trainer(max_epochs=1)
     trainer.fit(module, datamodule=dm)
     logged = dict(trainer.callback_metrics)
     trainer.test(module, datamodule=dm, verbose=False)

@@ -33,7 +33,6 @@ IDX_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-SPLITS = ("train", "val", "test")
 Pair = tuple[Tensor, Tensor]
 
 # One data set per process (the last one asked for): a sweep's trials in one worker process
@@ -169,9 +168,12 @@ class InMemoryData(L.LightningDataModule):
     def key(self) -> tuple[Any, ...]:
         return ()
 
+    def _cache_key(self) -> tuple[Any, ...]:
+        return (type(self), self.key(), self.val_fraction, self.seed)
+
     def _raw(self) -> tuple[dict[str, Pair], Tensor, Tensor]:
         """The raw splits on the CPU and the training split's mean and std (cached)."""
-        key = (type(self), self.key(), self.val_fraction, self.seed)
+        key = self._cache_key()
         if key not in _loaded:
             x, y, x_test, y_test = self.load()
             order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
@@ -191,7 +193,7 @@ class InMemoryData(L.LightningDataModule):
             self._raw()
             return
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        key = (type(self), self.key(), self.val_fraction, self.seed, str(device))
+        key = (*self._cache_key(), str(device))
         if key not in _resident:
             raw, mean, std = self._raw()
             mean, std = mean.to(device), std.to(device)
