@@ -90,12 +90,14 @@ def test_pruned_trials_are_recorded_alike_in_optuna_and_mlflow(tmp_path: Path):
     _, children = mlflow_runs(tmp_path, "prune")
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     for trial in study.trials:
+        # Steps are epochs trained, so the pruner's resources are epochs.
+        (run,) = children[trial.number]
+        epochs = client.get_metric_history(run.info.run_id, "val/acc")
+        assert sorted(trial.intermediate_values) == list(range(1, len(epochs) + 1))
         if trial.state == TrialState.PRUNED:
             # It keeps its last reported value; its run stopped where Optuna stopped it.
-            assert trial.value == trial.intermediate_values[max(trial.intermediate_values)]
-            (run,) = children[trial.number]
-            epochs = client.get_metric_history(run.info.run_id, "val/acc")
-            assert len(epochs) == len(trial.intermediate_values) < 6
+            assert trial.value == trial.intermediate_values[len(epochs)]
+            assert len(epochs) < 6
     parent, _ = mlflow_runs(tmp_path, "prune")
     artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id, "plots")}
     assert "plots/optimization_history.png" in artifacts

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import hydra
@@ -20,6 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import execution_whitelist, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
+from optuna_integration import PyTorchLightningPruningCallback
 
 from lit_tune import tracking
 from lit_tune.config import ConfigError, check, check_choices, one_line_errors
@@ -66,9 +68,7 @@ def _train(cfg: DictConfig) -> float | list[float]:
     sweep = current_trial()  # None unless a lit_tune sweep launched this run
     pruning = None
     if sweep is not None and sweep.reports:
-        from optuna_integration import PyTorchLightningPruningCallback
-
-        pruning = PyTorchLightningPruningCallback(sweep.trial, monitor=cfg.objective.metric)
+        pruning = EpochsPruning(sweep.trial, monitor=cfg.objective.metric)
         callbacks.append(pruning)
     trainer: L.Trainer = _build(cfg, "trainer", callbacks=callbacks, logger=logger)
     tracking.nest(trainer.loggers, sweep)
@@ -108,6 +108,18 @@ def _config_errors(key: str) -> Iterator[None]:
     except (InstantiationException, TypeError, ValueError) as error:
         message = str(error.__cause__ or error).splitlines()[0]
         raise ConfigError(f"{key}: {message}") from error
+
+
+class EpochsPruning(PyTorchLightningPruningCallback):
+    """Optuna's Lightning callback, reporting at step = epochs trained (1, 2, ...) instead of
+    Lightning's 0-based epoch index. A pruner's resources are then epochs: `min_resource=1`
+    judges a trial after its first epoch (not its second) and `max_resource=max_epochs` is the
+    last step a trial reaches."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The parent reads nothing from the module but `current_epoch`.
+        epochs = SimpleNamespace(current_epoch=pl_module.current_epoch + 1)
+        super().on_validation_end(trainer, epochs)  # type: ignore[arg-type]
 
 
 def _objective(trainer: L.Trainer, objective: DictConfig, num_parameters: int) -> list[float]:
