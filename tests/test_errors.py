@@ -1,49 +1,194 @@
-"""Bad input: non-zero exit, one line naming the key and what it allows, no run recorded."""
+"""Bad input: a non-zero exit, one line naming the key and what it allows, nothing left RUNNING.
+
+Exit 2 is bad input caught before anything trains; exit 1 is a sweep that stopped because its
+trials failed (each trial a clean FAIL, its reason in the message).
+"""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
 from mlflow import MlflowClient
 
+SWEEP = ["-m", "hparams_search=mlp", "hydra.sweeper.n_trials=1", "trainer.max_epochs=1"]
+
+# name: (arguments, what the one error line contains, exit code)
 CASES = {
-    "unknown option": (["optimizer=adamx"], "optimizer=adamx: no such option; one of adagrad"),
+    # groups and keys
+    "unknown option": (["optimizer=adamx"], "optimizer=adamx: no such option; one of adagrad", 2),
     "unknown option in a sweep": (
         ["-m", "scheduler=step,stepp"],
         "scheduler=stepp: no such option; one of cosine",
+        2,
     ),
-    "non-positive lr": (["optimizer.lr=-0.01"], "optimizer.lr=-0.01: must be a number > 0"),
-    "zero batch size": (["data.batch_size=0"], "data.batch_size=0: must be an integer > 0"),
-    "zero width": (["model.width=0"], "model.width=0: must be an integer > 0"),
-    "missing mandatory value": (["optimizer.lr=???"], "optimizer.lr: missing mandatory value"),
-    "unknown activation": (["model.activation=swish"], "model.activation='swish': must be one of"),
-    "unexpected argument": (["+model.depth=3"], "model: MLP.__init__() got an unexpected keyword"),
-    "bad schedule value": (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0"),
+    "misspelt group": (["optimiser=adam"], "optimiser: no such key; did you mean optimizer?", 2),
+    "misspelt key": (
+        ["optimizer.lrr=0.1"],
+        "optimizer.lrr: no such key; did you mean optimizer.lr?",
+        2,
+    ),
+    "key below a value": (["seed.value=1"], "seed.value: no such key; seed is a value", 2),
+    "key of another option": (["model.channels=8"], "model.channels: no such key; model has", 2),
+    "unexpected argument": (
+        ["+model.depth=3"],
+        "model: MLP.__init__() got an unexpected keyword",
+        2,
+    ),
+    "missing mandatory value": (["optimizer.lr=???"], "optimizer.lr: missing mandatory value", 2),
+    # types and ranges
+    "non-positive lr": (["optimizer.lr=-0.01"], "optimizer.lr=-0.01: must be a number > 0", 2),
+    "zero batch size": (["data.batch_size=0"], "data.batch_size=0: must be an integer > 0", 2),
+    "batch size not a number": (
+        ["data.batch_size=abc"],
+        "data.batch_size='abc': must be an integer",
+        2,
+    ),
+    "zero width": (["model.width=0"], "model.width=0: must be an integer > 0", 2),
+    "dropout of 1.5": (["model.dropout=1.5"], "model.dropout=1.5: must be a number in [0, 1)", 2),
+    "fraction above 1": (
+        ["data.val_fraction=1.2"],
+        "data.val_fraction=1.2: must be a number in (0",
+        2,
+    ),
+    "not a boolean": (["compile=maybe"], "compile='maybe': must be true or false", 2),
+    "unknown activation": (
+        ["model.activation=swish"],
+        "model.activation='swish': must be one of",
+        2,
+    ),
+    "unknown loader": (
+        ["data.loader=gpu"],
+        "data.loader='gpu': must be one of device, dataloader",
+        2,
+    ),
+    "bad schedule value": (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0", 2),
+    "negative gradient clip": (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1", 2),
+    "accelerator this machine lacks": (["trainer.accelerator=tpu"], "trainer.accelerator='tpu'", 2),
+    "zero devices": (
+        ["trainer.devices=0"],
+        "trainer: `Trainer(devices=0)` value is not a valid input",
+        2,
+    ),
+    "unknown objective mode": (["objective.mode=best"], "objective.mode='best': must be one of", 2),
+    # search spaces and the sweeper
+    "interval with one bound": (
+        [*SWEEP, "optimizer.lr=interval(0.1)"],
+        "optimizer.lr=interval(0.1): TypeError while evaluating",
+        2,
+    ),
+    "empty choice": (["-m", "data.batch_size=choice()"], "empty choice is not legal", 2),
+    "lower above upper": (
+        [*SWEEP, "optimizer.lr=interval(0.1,0.001)"],
+        "optimizer.lr=interval(0.1,0.001): `low <= high` must hold",
+        2,
+    ),
+    "log scale from 0": (
+        [*SWEEP, "optimizer.lr=tag(log,interval(0,0.1))"],
+        "optimizer.lr=tag(log,interval(0,0.1)): `low > 0` must hold for `log=True`",
+        2,
+    ),
+    "empty range": ([*SWEEP, "data.batch_size=range(10,1)"], "data.batch_size=range(10,1)", 2),
+    "unknown sampler": ([*SWEEP, "hydra/sweeper/sampler=foo"], "hydra/sweeper/sampler=foo", 2),
+    "unknown pruner": ([*SWEEP, "hydra/sweeper/pruner=foo"], "hydra/sweeper/pruner=foo", 2),
+    "no trials": ([*SWEEP, "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0", 2),
+    "failure rate above 1": (
+        [*SWEEP, "hydra.sweeper.max_failure_rate=2"],
+        "hydra.sweeper.max_failure_rate=2.0: must be in [0, 1]",
+        2,
+    ),
+    "direction against objective.mode": (
+        [*SWEEP, "hydra.sweeper.direction=minimize"],
+        "hydra.sweeper.direction=minimize: objective.mode is max",
+        2,
+    ),
+    "bad storage URL": (
+        [*SWEEP, "hydra.sweeper.storage=foo://bar"],
+        "hydra.sweeper.storage=foo://bar: cannot open it",
+        2,
+    ),
+    "storage password is masked": (
+        [*SWEEP, "hydra.sweeper.storage=postgresql://me:s3cret@127.0.0.1:9/db"],
+        "hydra.sweeper.storage=postgresql://me:***@127.0.0.1:9/db: cannot open it",
+        2,
+    ),
+    "every trial fails": (
+        [*SWEEP, "model.activation=swish"],
+        "1 trials failed, more than hydra.sweeper.max_failure_rate=0.5 of n_trials=1; the "
+        "first, trial 0: ConfigError: model.activation='swish'",
+        1,
+    ),
+    # files, folders and servers
     "data directory without the files": (
         ["data=mnist", "data.data_dir=empty", "data.download=false"],
         "data.data_dir: no MNIST files in",
+        2,
+    ),
+    "missing data directory": (
+        ["data=mnist", "data.data_dir=nowhere", "data.download=false"],
+        "data.data_dir: no MNIST files in",
+        2,
+    ),
+    "corrupt IDX file": (
+        ["data=mnist", "data.data_dir=corrupt"],
+        "train-images-idx3-ubyte has 24 bytes, its header says 47040016",
+        2,
+    ),
+    "output folder under a file": (["hydra.run.dir=afile/run"], "hydra.run.dir=afile/run", 2),
+    "unreachable tracking server": (
+        ["logger.tracking_uri=http://127.0.0.1:9"],
+        "logger.tracking_uri=http://127.0.0.1:9: no MLflow server answers there",
+        2,
     ),
     "objective never logged": (
         ["objective.metric=val/f1", "trainer.max_epochs=1", "callbacks=none"],
         "objective.metric='val/f1' was never logged",
+        2,
     ),
 }
 
 
+def corrupt_mnist(root: Path) -> None:
+    """MNIST files whose headers promise more than they hold."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, dims in {
+        "train-images-idx3-ubyte": (60000, 28, 28),
+        "train-labels-idx1-ubyte": (60000,),
+        "t10k-images-idx3-ubyte": (10000, 28, 28),
+        "t10k-labels-idx1-ubyte": (10000,),
+    }.items():
+        header = bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+        (raw / name).write_bytes(header + bytes(24 - len(header)))
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_fails_in_one_line(case: str, tmp_path: Path):
-    args, expected = CASES[case]
+    args, expected, code = CASES[case]
     (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("not a folder")
+    corrupt_mnist(tmp_path / "corrupt")
     result = run_cli(*args, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.returncode == code, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1, result.stderr[-3000:]
     assert expected in errors[0]
     assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
+    # Nothing left RUNNING; bad input leaves no study behind.
     store = tmp_path / "mlruns" / "mlflow.db"
-    if store.exists():  # only the objective case gets as far as recording a run
+    if store.exists():
         client = MlflowClient(f"sqlite:///{store}")
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        assert [r.info.status for r in runs] == ["FAILED"]
+        assert "RUNNING" not in [r.info.status for r in runs]
+    study = tmp_path / "mlruns" / "optuna.db"
+    if study.exists():
+        with sqlite3.connect(study) as db:
+            studies = db.execute("SELECT count(*) FROM studies").fetchone()[0]
+            states = [s for (s,) in db.execute("SELECT state FROM trials")]
+        if code == 2:
+            assert studies == 0
+        else:
+            assert states and set(states) <= {"COMPLETE", "PRUNED", "FAIL"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
@@ -21,14 +26,19 @@ class ConfigError(ValueError):
     """Bad input; the message is one line that names the key and what it allows."""
 
 
+class SweepError(RuntimeError):
+    """A sweep that cannot go on (too many failed trials); the message is one line."""
+
+
 @contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Turn a ConfigError into `Error: <message>` on stderr and exit code 2."""
+    """Turn a ConfigError into `Error: <message>` on stderr and exit code 2, a SweepError
+    into the same with exit code 1."""
     try:
         yield
-    except ConfigError as error:
+    except (ConfigError, SweepError) as error:
         print(f"Error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(error, ConfigError) else 1)
 
 
 def auto_precision() -> str:
@@ -100,6 +110,7 @@ RULES: dict[str, Rule] = {
     "scheduler.patience": NON_NEGATIVE_INT,
     "scheduler.warmup_fraction": PROBABILITY,
     "trainer.max_epochs": POSITIVE_INT,
+    "trainer.gradient_clip_val": (lambda v: v is None or NON_NEGATIVE[0](v), "null or >= 0"),
 }
 
 
@@ -122,38 +133,126 @@ def check(cfg: DictConfig) -> None:
             value = OmegaConf.to_object(value)
         if not ok(value):
             raise ConfigError(f"{key}={value!r}: must be {allowed}")
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
+    if accelerator not in _accelerators():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator!r}: one of {', '.join(_accelerators())} "
+            "on this machine (auto takes the GPU when there is one)"
+        )
+
+
+def _accelerators() -> list[str]:
+    found = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        found += ["gpu", "cuda"]
+    if torch.backends.mps.is_available():
+        found += ["mps"]
+    return found
 
 
 def check_choices(args: list[str], conf_dir: Path) -> None:
-    """Raise ConfigError for a command-line override that does not parse, or a `group=option`
-    naming an option with no yaml. Hydra reports both too, but over a dozen lines."""
+    """Raise ConfigError for a command-line override that does not parse, a `group=option`
+    naming no option of the group, or a `key=value` naming no key of the composed config.
+    Hydra reports all three too, but over a dozen lines."""
     conf_dirs = [conf_dir, *_extra_config_dirs(args)]
     parser = OverridesParser.create()
+    overrides = []
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
             continue
         try:
-            override = parser.parse_override(arg)
+            overrides.append(parser.parse_override(arg))
         except HydraException as error:
             reason = str(error).strip().splitlines()
             raise ConfigError(f"{arg}: {reason[0] if reason else 'cannot parse'}") from None
-        groups = [
-            d / override.key_or_group for d in conf_dirs if (d / override.key_or_group).is_dir()
-        ]
-        if override.is_delete() or override.package or not groups:
-            continue
-        if override.is_choice_sweep():
-            chosen = list(override.sweep_string_iterator())
-        elif override.is_sweep_override():
-            continue
-        else:
-            chosen = [override.get_value_element_as_str()]
-        options = sorted({p.stem for group in groups for p in group.glob("*.yaml")})
-        for option in chosen:
-            if option not in options:
-                raise ConfigError(
-                    f"{override.key_or_group}={option}: no such option; one of {', '.join(options)}"
-                )
+    with initialize_config_dir(str(conf_dir), version_base=None):
+        loader = GlobalHydra.instance().config_loader()
+        groups, keys = [], []
+        for override in overrides:
+            name = override.key_or_group
+            dirs = [d / name for d in conf_dirs if (d / name).is_dir()]
+            options = {p.stem for d in dirs for p in d.glob("*.yaml")}
+            options |= set(loader.get_group_options(name))  # and those of plugins
+            if options:
+                if not (override.is_delete() or override.package):
+                    _check_options(override, sorted(options))
+                    groups.append(override)
+            elif not (override.is_add() or override.is_force_add() or override.is_delete()):
+                keys.append(name)
+        # The config the groups make, to look the keys up in (a sweep's first choice of each).
+        chosen = [f"hydra.searchpath=[{','.join(d.resolve().as_uri() for d in conf_dirs[1:])}]"]
+        for o in groups:
+            if not isinstance(o.value(), Glob) and (
+                o.is_choice_sweep() or not o.is_sweep_override()
+            ):
+                prefix = "++" if o.is_force_add() else "+" if o.is_add() else ""
+                chosen.append(f"{prefix}{o.key_or_group}={_first(o)}")
+        try:
+            cfg = compose("train", overrides=chosen, return_hydra_config=True)
+        except HydraException as error:  # e.g. a group only another option brings in
+            raise ConfigError("; ".join(str(error).strip().splitlines()[:2])) from None
+    for key in keys:
+        _check_key(cfg, key)
+    for override in overrides:
+        if override.key_or_group in OUTPUT_DIRS and not override.is_sweep_override():
+            _check_writable(override.key_or_group, override.get_value_element_as_str())
+
+
+# Where a run writes; a bad one would fail with a traceback once the run has begun.
+OUTPUT_DIRS = ("hydra.run.dir", "hydra.sweep.dir", "paths.mlruns", "paths.root")
+
+
+def _check_writable(key: str, value: str) -> None:
+    """Raise ConfigError unless the folder `value` (up to its first interpolation) can be made."""
+    path = Path(value.split("${")[0] or ".").absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={value}: cannot write there; {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={value}: cannot write there; {existing} is not writable")
+
+
+def _first(override: Any) -> str:
+    if override.is_choice_sweep():
+        return str(next(iter(override.sweep_string_iterator())))
+    return str(override.get_value_element_as_str())
+
+
+def _check_options(override: Any, options: list[str]) -> None:
+    if isinstance(override.value(), Glob):
+        return
+    if override.is_choice_sweep():
+        chosen = list(override.sweep_string_iterator())
+    elif override.is_sweep_override():
+        return
+    else:
+        chosen = [override.get_value_element_as_str()]
+    for option in chosen:
+        if option not in options:
+            raise ConfigError(
+                f"{override.key_or_group}={option}: no such option; one of {', '.join(options)}"
+            )
+
+
+def _check_key(cfg: DictConfig, key: str) -> None:
+    """Raise ConfigError naming the nearest existing node and its keys when `key` is not in cfg."""
+    parts = key.split(".")
+    node: Any = cfg
+    depth = 0
+    while depth < len(parts) and isinstance(node, DictConfig) and parts[depth] in node:
+        node = node._get_node(parts[depth])
+        depth += 1
+    if depth == len(parts):
+        return
+    where = ".".join(parts[:depth]) or "the config"
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{key}: no such key; {where} is a value, not a group of keys")
+    known = sorted(str(k) for k in node if not str(k).startswith("_"))
+    close = difflib.get_close_matches(parts[depth], known, n=1)
+    hint = f"did you mean {'.'.join([*parts[:depth], close[0]])}? " if close else ""
+    raise ConfigError(
+        f"{key}: no such key; {hint}{where} has {', '.join(known)} (+{key}=... adds one)"
+    )
 
 
 def _extra_config_dirs(args: list[str]) -> list[Path]:

@@ -268,6 +268,24 @@ class Digits(InMemoryData):
         return x[rest], y[rest], x[test], y[test]
 
 
+def check_idx(path: Path) -> None:
+    """Raise ConfigError unless `path` is an IDX file of the size its header promises."""
+    with path.open("rb") as f:
+        header = f.read(4)
+        ndim = header[3] if len(header) == 4 and header[:2] == b"\0\0" else 0
+        dims = f.read(4 * ndim)
+    if ndim == 0 or len(dims) < 4 * ndim:
+        raise ConfigError(f"data.data_dir: {path} is not an IDX file (bad header)")
+    expected = (
+        4 + 4 * ndim + math.prod(int.from_bytes(dims[i : i + 4]) for i in range(0, 4 * ndim, 4))
+    )
+    if path.stat().st_size != expected:
+        raise ConfigError(
+            f"data.data_dir: {path} has {path.stat().st_size} bytes, its header says "
+            f"{expected}; the file is cut short or corrupt"
+        )
+
+
 class MNIST(InMemoryData):
     """MNIST's 60k/10k IDX files under `data_dir/MNIST/raw`, via torchvision."""
 
@@ -293,7 +311,9 @@ class MNIST(InMemoryData):
     def prepare_data(self) -> None:
         raw = (Path(self.data_dir) / self.dataset.__name__ / "raw").resolve()
         if all((raw / name).is_file() for name in IDX_FILES):
-            return  # what torchvision would check; building its datasets would read them all
+            for name in IDX_FILES:  # what torchvision would check, and that none is cut short
+                check_idx(raw / name)
+            return
         try:
             self.dataset(self.data_dir, train=True, download=self.download)
             self.dataset(self.data_dir, train=False, download=self.download)

@@ -18,7 +18,8 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from lit_tune.trial import SQLITE, SweepTrial, sqlite_lock
+from lit_tune.config import ConfigError
+from lit_tune.trial import SQLITE, SweepTrial, mask, sqlite_lock
 
 
 def mlflow_logger(
@@ -44,14 +45,27 @@ def mlflow_logger(
 
 
 def _make_store(tracking_uri: str) -> None:
+    """Make a SQLite store's folder; check that a tracking server answers. MLflow would retry
+    an unreachable server for minutes, then fail with a traceback."""
     if tracking_uri.startswith(SQLITE):
         Path(tracking_uri.removeprefix(SQLITE)).parent.mkdir(parents=True, exist_ok=True)
+    elif tracking_uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=10)
+        except requests.RequestException as error:
+            raise ConfigError(
+                f"logger.tracking_uri={mask(tracking_uri)}: no MLflow server answers there "
+                f"({type(error).__name__}); start one (mlflow server) or fix the URL"
+            ) from None
 
 
 def mlflow_experiment(
     experiment_name: str, tracking_uri: str, artifact_location: str, **_: Any
 ) -> tuple[MlflowClient, str]:
     """A client on the store and the id of the experiment, created as mlflow_logger would."""
+    _make_store(tracking_uri)
     with sqlite_lock(tracking_uri):  # sweeps started at once would race to create it
         client = MlflowClient(tracking_uri)
         experiment = client.get_experiment_by_name(experiment_name)

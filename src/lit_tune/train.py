@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import execution_whitelist, instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from optuna_integration import PyTorchLightningPruningCallback
@@ -105,7 +106,9 @@ def _build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
 def _config_errors(key: str) -> Iterator[None]:
     try:
         yield
-    except (InstantiationException, TypeError, ValueError) as error:
+    except ConfigError:
+        raise  # names its own key
+    except (InstantiationException, TypeError, ValueError, MisconfigurationException) as error:
         message = str(error.__cause__ or error).splitlines()[0]
         raise ConfigError(f"{key}: {message}") from error
 

@@ -8,6 +8,7 @@ its trial, report the objective every epoch and be pruned.
 from __future__ import annotations
 
 import fcntl
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,16 +21,33 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from optuna.storages import RDBStorage
 
+from lit_tune.config import ConfigError
+
 SWEEPER_TARGET = "hydra_plugins.lit_tune_sweeper.sweeper.LitTuneSweeper"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the sweep's MLflow parent run
 SQLITE = "sqlite:///"
 
 
 def open_storage(url: str, **kwargs: Any) -> RDBStorage:
-    """An Optuna RDB storage; SQLite waits up to a minute for a lock instead of failing."""
+    """An Optuna RDB storage; SQLite waits up to a minute for a lock instead of failing.
+    A URL that names no database we can open is a ConfigError (password masked)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    with sqlite_lock(url):
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    try:
+        with sqlite_lock(url):
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except (SQLAlchemyError, ImportError, ValueError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"hydra.sweeper.storage={mask(url)}: cannot open it ({mask(reason)}); "
+            "give an Optuna RDB URL such as sqlite:///path/optuna.db or postgresql://..."
+        ) from None
+
+
+def mask(url: str) -> str:
+    """The URL with any password replaced by ***, fit to print or log."""
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
 @contextmanager

@@ -30,11 +30,11 @@ from optuna.distributions import BaseDistribution
 from optuna.storages import RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from lit_tune.config import ConfigError
-from lit_tune.trial import open_storage
+from lit_tune.config import ConfigError, SweepError
+from lit_tune.trial import mask, open_storage
 
 from ._refine import refined_params
-from ._report import ParentRun, mask
+from ._report import ParentRun
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,15 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             refined = refined_params(coarse, self.refine.top_k)
             log.info("Refined search space from study '%s': %s", coarse.study_name, refined)
             params = [f"{k}={v}" for k, v in refined.items()]
-        distributions, fixed, fixed_overrides = create_params_from_overrides(params + arguments)
+        try:
+            distributions, fixed, fixed_overrides = create_params_from_overrides(params + arguments)
+        except (HydraException, ValueError, AssertionError):
+            for one in params + arguments:  # name the override at fault
+                try:
+                    create_params_from_overrides([one])
+                except (HydraException, ValueError, AssertionError) as error:
+                    raise ConfigError(f"{one}: {_first_line(error)}") from error
+            raise
         for name in fixed:
             distributions.pop(name, None)
         if isinstance(self.sampler, functools.partial):  # GridSampler needs the grid
@@ -276,9 +284,10 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         assert self.config is not None and self.launcher is not None
         try:
             distributions, fixed, fixed_overrides = self._search_space(arguments)
+        except ConfigError:
+            raise
         except (HydraException, ValueError, AssertionError) as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise ConfigError(f"hydra.sweeper.params: {message}") from error
+            raise ConfigError(f"hydra.sweeper.params: {_first_line(error)}") from error
         self._check_objective()
         url, name = self._storage_url(), self._study_name()
         study = self._open_study(url, name)
@@ -377,9 +386,11 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         finally:
             stop.set()
         if too_many_failures:
-            raise RuntimeError(
-                f"{failed} trials failed, more than max_failure_rate={self.max_failure_rate} of "
-                f"n_trials={self.n_trials}; see the trials' fail_reason"
+            first = next(t for t in study.trials if FAIL_REASON in t.user_attrs)
+            raise SweepError(
+                f"{failed} trials failed, more than hydra.sweeper.max_failure_rate="
+                f"{self.max_failure_rate} of n_trials={self.n_trials}; the first, trial "
+                f"{first.number}: {first.user_attrs[FAIL_REASON]}"
             )
 
     def _heartbeat(
@@ -454,6 +465,10 @@ def _job_return(future: Future[JobReturn]) -> JobReturn:
         ret = JobReturn(status=JobStatus.FAILED)
         ret._return_value = error
         return ret
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
 
 
 def _quote(value: str) -> str:

@@ -19,11 +19,6 @@ log = logging.getLogger(__name__)
 MLFLOW_LOGGER = "lit_tune.tracking.mlflow_logger"
 
 
-def mask(url: str) -> str:
-    """The URL with any password replaced by ***, fit to print or log."""
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
-
-
 class ParentRun:
     """One MLflow run per study; its trials' runs nest under it, in any process."""
 
