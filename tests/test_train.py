@@ -10,6 +10,7 @@ from conftest import objectives, run_cli
 from mlflow import MlflowClient
 
 EPOCHS = 10
+SECRET_URL = "postgresql://me:s3cret@db.example/optuna"
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         f"trainer.max_epochs={EPOCHS}",
         "callbacks.early_stopping.patience=100",
         "experiment_name=digits",
+        f"+notes.store={SECRET_URL}",  # a password in the config must not be recorded
         cwd=cwd,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -68,6 +70,39 @@ def test_the_mlflow_run_holds_params_metrics_and_artifacts(digits_run):
     assert checkpoint["epoch"] < EPOCHS
     config = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(cwd)))
     assert "_target_: lit_tune.models.MLP" in config.read_text()
+
+    masked = "postgresql://me:***@db.example/optuna"
+    assert params["notes.store"] == masked
+    assert masked in config.read_text() and masked in run.data.tags["hydra.overrides"]
+    assert "s3cret" not in config.read_text() + str(params) + str(run.data.tags)
+
+
+def metric_histories(cwd: Path) -> dict[str, list[tuple[int, float]]]:
+    client = MlflowClient(f"sqlite:///{cwd}/mlruns/mlflow.db")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return {
+        key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+        for key in run.data.metrics
+        if key != "epoch_time"
+    }
+
+
+@pytest.mark.parametrize("data", ["digits", "mnist"])
+def test_the_same_seed_gives_the_same_metrics(data: str, tmp_path: Path, request):
+    args = ["trainer.max_epochs=3", "model.dropout=0.2", "seed=7"]
+    if data == "mnist":
+        mnist = request.getfixturevalue("mnist_dir")
+        args += ["data=mnist", f"data.data_dir={mnist}", "trainer.limit_train_batches=0.05"]
+    histories = []
+    for attempt in ("first", "second"):
+        (tmp_path / attempt).mkdir()
+        result = run_cli(*args, cwd=tmp_path / attempt)
+        assert result.returncode == 0, result.stderr[-3000:]
+        histories.append(metric_histories(tmp_path / attempt))
+    first, second = histories
+    assert {"train/loss", "val/loss", "val/acc", "test/acc"} <= first.keys()
+    assert len(first["val/acc"]) == 3
+    assert first == second  # bit for bit
 
 
 def test_compile_runs_and_keeps_checkpoint_keys(tmp_path: Path):

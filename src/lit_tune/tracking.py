@@ -33,7 +33,7 @@ def mlflow_logger(
     _make_store(tracking_uri)
     tags = {}
     if HydraConfig.initialized():
-        tags["hydra.overrides"] = " ".join(HydraConfig.get().overrides.task) or "(none)"
+        tags["hydra.overrides"] = mask(" ".join(HydraConfig.get().overrides.task)) or "(none)"
     return MLFlowLogger(
         experiment_name=experiment_name,
         tracking_uri=tracking_uri,
@@ -108,7 +108,8 @@ def finish(loggers: list[Logger], outcome: str, reason: str | None = None) -> No
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as {"model.width": 256, ...}, the keys as Hydra overrides spell them."""
+    """The resolved config as {"model.width": 256, ...}, the keys as Hydra overrides spell them;
+    passwords in URLs masked."""
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -116,7 +117,7 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
             for key, value in node.items():
                 walk(value, f"{prefix}{key}.")
         else:
-            flat[prefix.rstrip(".")] = node
+            flat[prefix.rstrip(".")] = mask(node) if isinstance(node, str) else node
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return flat
@@ -131,7 +132,7 @@ def log_results(loggers: list[Logger], cfg: DictConfig, confusion: Tensor | None
         client: MlflowClient = logger.experiment
         run_id = logger.run_id
         assert run_id is not None
-        client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        client.log_text(run_id, mask(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         client.log_figure(run_id, learning_curves(client, run_id), "plots/learning_curves.png")
         if confusion is not None:
             client.log_figure(run_id, confusion_matrix(confusion), "plots/confusion_matrix.png")

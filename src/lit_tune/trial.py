@@ -45,9 +45,9 @@ def open_storage(url: str, **kwargs: Any) -> RDBStorage:
         ) from None
 
 
-def mask(url: str) -> str:
-    """The URL with any password replaced by ***, fit to print or log."""
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+def mask(text: str) -> str:
+    """The text with the password of any URL in it (scheme://user:password@host) as ***."""
+    return re.sub(r"(://[^:/@\s]+:)[^@\s/]+@", r"\1***@", text)
 
 
 @contextmanager
