@@ -17,7 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from hydra_plugins.lit_tune_sweeper._core import counts
-from lit_tune.trial import open_storage
+from lit_tune.trial import open_storage, sqlite_lock
 
 pytestmark = pytest.mark.slow
 # In-process trials, short training: these tests are about the sweep, not the models.
@@ -56,13 +56,15 @@ def assert_optuna_and_mlflow_agree(cwd: Path, name: str) -> optuna.Study:
     parents, children = mlflow_runs(cwd, name)
     assert len(parents) == 1
     for trial in study.trials:
-        if trial.user_attrs.get("skipped"):
-            continue
+        if trial.user_attrs.get("skipped") or trial.state == TrialState.WAITING:
+            continue  # never ran
         (run,) = children[trial.number]
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         if counts(trial):
             assert run.data.tags["outcome"] == trial.state.name, trial.number
             assert run.info.status == RUN_STATUS[trial.state.name], trial.number
+        elif trial.user_attrs.get("interrupted"):  # Ctrl-C: failed, re-queued
+            assert run.info.status == "KILLED" and run.data.tags["outcome"] == "KILLED"
         else:  # left running by a killed sweep, then failed and re-queued
             assert run.info.status == "FAILED"
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
@@ -179,6 +181,65 @@ def test_a_killed_sweep_resumes_to_exactly_its_budget(tmp_path: Path):
     assert len(retried) == 1 and retried[0].params == interrupted.params
     job_dirs = [p.name for p in tmp_path.glob("multirun/*/*/*") if p.is_dir()]
     assert len(job_dirs) == len(set(job_dirs))  # job numbers continue across the two runs
+
+
+@pytest.mark.parametrize("launcher", ["hydra/launcher=basic", "hydra.sweeper.n_jobs=2"])
+def test_ctrl_c_stops_cleanly_and_the_sweep_resumes(launcher: str, tmp_path: Path):
+    args = [
+        "-m",
+        "hparams_search=mlp",
+        launcher,
+        "trainer.max_epochs=500",
+        "callbacks.early_stopping.patience=500",
+        "hydra/sweeper/pruner=none",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.study_name=ctrlc",
+    ]
+    running = 1 if "basic" in launcher else 2
+    sweep = subprocess.Popen(
+        cli(*args),
+        cwd=tmp_path,
+        env=cli_env(),
+        start_new_session=True,  # a process group, as a terminal makes one
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # until the trials are training
+        time.sleep(1.0)
+        if (tmp_path / "mlruns" / "mlflow.db").exists():
+            with sqlite_lock(f"sqlite:///{tmp_path}/mlruns/mlflow.db"):  # made while we look?
+                _, children = mlflow_runs(tmp_path, "ctrlc")
+            if (
+                sum(r.info.status == "RUNNING" for runs in children.values() for r in runs)
+                == running
+            ):
+                break
+    time.sleep(3.0)
+    os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    output, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, output[-3000:]
+    assert "Traceback" not in output
+    assert "Resume with the same command and hydra.sweeper.study_name=ctrlc" in output
+
+    study = assert_optuna_and_mlflow_agree(tmp_path, "ctrlc")
+    stopped = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    assert len(stopped) == running and all(t.state == TrialState.FAIL for t in stopped)
+    queued = [t for t in study.trials if t.state == TrialState.WAITING]
+    queued_params = [t.system_attrs["fixed_params"] for t in queued]
+    assert sorted(map(str, queued_params)) == sorted(str(t.params) for t in stopped)
+    parents, _ = mlflow_runs(tmp_path, "ctrlc")
+    assert parents[0].info.status == "KILLED"
+
+    args[args.index("trainer.max_epochs=500")] = "trainer.max_epochs=2"
+    resumed = run_cli(*args, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    study = assert_optuna_and_mlflow_agree(tmp_path, "ctrlc")
+    assert sum(counts(t) for t in study.trials) == 3
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]
+    finished = [str(t.params) for t in study.trials if counts(t)]
+    assert all(str(t.params) in finished for t in stopped)  # their parameters ran after all
 
 
 def test_two_workers_share_one_study(tmp_path: Path):

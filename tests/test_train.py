@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import objectives, run_cli
+from conftest import cli, cli_env, objectives, run_cli
 from mlflow import MlflowClient
 
 EPOCHS = 10
@@ -112,3 +116,27 @@ def test_compile_runs_and_keeps_checkpoint_keys(tmp_path: Path):
     [checkpoint] = tmp_path.glob("outputs/*/*/checkpoints/best.ckpt")
     keys = torch.load(checkpoint, weights_only=True)["state_dict"].keys()
     assert keys and not any("_orig_mod" in key for key in keys)  # loads into an uncompiled net
+
+
+def test_ctrl_c_stops_a_run_and_closes_it_killed(tmp_path: Path):
+    run = subprocess.Popen(
+        cli("trainer.max_epochs=1000", "callbacks.early_stopping.patience=1000"),
+        cwd=tmp_path,
+        env=cli_env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list(tmp_path.glob("outputs/*/*/checkpoints/*")):
+        time.sleep(0.5)  # until it is training
+    os.killpg(run.pid, signal.SIGINT)
+    output, _ = run.communicate(timeout=120)
+    assert run.returncode == 130, output[-3000:]
+    assert "Traceback" not in output
+    assert "Interrupted: the run stopped and its MLflow run is closed KILLED" in output
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    (found,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert found.info.status == "KILLED" and found.data.tags["outcome"] == "KILLED"
+    assert len(client.get_metric_history(found.info.run_id, "val/acc")) < 1000

@@ -89,18 +89,18 @@ def nest(loggers: list[Logger], sweep: SweepTrial | None) -> None:
 
 
 # How each outcome ends an MLflow run; Optuna records the same outcome for the trial.
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "KILLED": "KILLED", "FAIL": "FAILED"}
 
 
 @rank_zero_only
 def finish(loggers: list[Logger], outcome: str, reason: str | None = None) -> None:
-    """Close every logger's run; an MLflow run gets the tag `outcome` (COMPLETE, PRUNED or
-    FAIL) and `fail_reason` or `pruned` saying why."""
+    """Close every logger's run; an MLflow run gets the tag `outcome` (COMPLETE, PRUNED,
+    KILLED or FAIL) and `pruned`, `killed` or `fail_reason` saying why."""
     for logger in loggers:
         if isinstance(logger, MLFlowLogger) and logger.run_id is not None:
             logger.experiment.set_tag(logger.run_id, "outcome", outcome)
             if reason:
-                key = "fail_reason" if outcome == "FAIL" else "pruned"
+                key = {"FAIL": "fail_reason", "PRUNED": "pruned", "KILLED": "killed"}[outcome]
                 logger.experiment.set_tag(logger.run_id, key, reason[:5000])
             logger.finalize(RUN_STATUS[outcome])
         else:

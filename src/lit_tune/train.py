@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +29,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from lit_tune import tracking
 from lit_tune.config import ConfigError, check, check_choices, one_line_errors
 from lit_tune.module import Classifier, count_parameters
-from lit_tune.trial import current_trial
+from lit_tune.trial import STOP, Interrupted, current_trial
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger(__name__)
@@ -39,8 +41,47 @@ TRUSTED_TARGETS = ["lit_tune.*", "torch.optim.*", "lightning.pytorch.*"]
 def train(cfg: DictConfig) -> float | list[float]:
     """Train, test the best checkpoint, record the run; return the value of `objective.metric`
     (followed by those of `objective.extra`, for a multi-objective sweep)."""
-    with execution_whitelist(TRUSTED_TARGETS):
+    with execution_whitelist(TRUSTED_TARGETS), stop_on_ctrl_c():
         return _train(cfg)
+
+
+@contextmanager
+def stop_on_ctrl_c() -> Iterator[None]:
+    """A first Ctrl-C (SIGINT) sets STOP: the run stops at its next batch, closes its MLflow run
+    KILLED and raises Interrupted. A second one interrupts at once. Lightning's own handling
+    would exit the process from inside `fit`, which a sweep's worker must not do. (A run in a
+    sweep's thread gets STOP from the sweeper instead: signals reach the main thread only.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if STOP.is_set():
+            raise KeyboardInterrupt
+        STOP.set()
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class StopOnRequest(L.Callback):
+    """Raise Interrupted at the first batch end after STOP was set."""
+
+    def _check(self) -> None:
+        if STOP.is_set():
+            raise Interrupted("interrupted by Ctrl-C")
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+
+    def on_test_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
 
 
 def _train(cfg: DictConfig) -> float | list[float]:
@@ -66,6 +107,7 @@ def _train(cfg: DictConfig) -> float | list[float]:
     callbacks = [_build(cfg, f"callbacks.{name}") for name in cfg.callbacks or {}]
     if not logger:  # Lightning refuses an LR monitor with nowhere to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(StopOnRequest())
     sweep = current_trial()  # None unless a lit_tune sweep launched this run
     pruning = None
     if sweep is not None and sweep.reports:
@@ -88,6 +130,9 @@ def _train(cfg: DictConfig) -> float | list[float]:
     except optuna.TrialPruned as pruned:
         tracking.finish(trainer.loggers, "PRUNED", str(pruned))
         raise
+    except (Interrupted, KeyboardInterrupt) as error:
+        tracking.finish(trainer.loggers, "KILLED", "interrupted by Ctrl-C")
+        raise Interrupted("interrupted by Ctrl-C") from error
     except BaseException as error:
         tracking.finish(trainer.loggers, "FAIL", f"{type(error).__name__}: {error}")
         raise
@@ -144,7 +189,10 @@ def main() -> None:
     """`python train.py [overrides]` trains once, `python train.py -m [sweep overrides]` sweeps."""
     with one_line_errors():
         check_choices(sys.argv[1:], Path(CONF_DIR))
-    _hydra_main()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:
+        sys.exit(130)  # the run, or the sweep, has said what it closed and how to resume
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train")
@@ -152,4 +200,8 @@ def _hydra_main(cfg: DictConfig) -> float | list[float]:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return train(cfg)  # the sweeper records the error as the trial's failure
     with one_line_errors():
-        return train(cfg)
+        try:
+            return train(cfg)
+        except Interrupted:
+            log.error("Interrupted: the run stopped and its MLflow run is closed KILLED")
+            raise KeyboardInterrupt from None  # Hydra reports an Exception with a traceback

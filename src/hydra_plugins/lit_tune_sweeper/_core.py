@@ -31,7 +31,7 @@ from optuna.storages import RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from lit_tune.config import ConfigError, SweepError
-from lit_tune.trial import mask, open_storage
+from lit_tune.trial import STOP, mask, open_storage
 
 from ._refine import refined_params
 from ._report import ParentRun
@@ -39,6 +39,7 @@ from ._report import ParentRun
 log = logging.getLogger(__name__)
 
 FAIL_REASON = "fail_reason"  # user attr of a trial that failed on its own (counts)
+INTERRUPTED = "interrupted"  # user attr of a trial stopped by Ctrl-C (re-queued, not counted)
 SKIPPED = "skipped"  # user attr of a trial asked beyond the budget by a racing worker
 
 
@@ -358,31 +359,37 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         too_many_failures = False
         try:
             with ThreadPoolExecutor(max_workers=slots) as pool:
-                while True:
-                    while len(running) < slots and not too_many_failures:
-                        trial = self._ask(study)
-                        if trial is None:
-                            break
-                        (overrides,) = self._configure_trials(
-                            [trial], distributions, fixed, fixed_overrides
-                        )
-                        with self.lock:
-                            running[pool.submit(self._launch, overrides, trial.number)] = trial
-                    if not running:
-                        done, others, _ = self._budget_used(study)
-                        if too_many_failures or not others or done >= self.n_trials:
-                            break
-                        time.sleep(self.heartbeat_interval)  # another worker's trials, or stale
-                        continue
-                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        with self.lock:
-                            trial = running.pop(future)
-                        state = self._tell(study, trial, _job_return(future))
-                        self._progress(study, trial, state, started)
-                    _, _, failed = self._budget_used(study)
-                    if failed > self.max_failure_rate * self.n_trials:
-                        too_many_failures = True
+                try:  # inside the pool: leaving it waits for the running trials
+                    while True:
+                        while len(running) < slots and not too_many_failures:
+                            trial = self._ask(study)
+                            if trial is None:
+                                break
+                            (overrides,) = self._configure_trials(
+                                [trial], distributions, fixed, fixed_overrides
+                            )
+                            with self.lock:
+                                running[pool.submit(self._launch, overrides, trial.number)] = trial
+                        if not running:
+                            done, others, _ = self._budget_used(study)
+                            if too_many_failures or not others or done >= self.n_trials:
+                                break
+                            time.sleep(self.heartbeat_interval)  # another worker's trials, or stale
+                            continue
+                        finished: set[Future[JobReturn]] = set()
+                        while not finished:  # in steps, so that Ctrl-C is seen at once
+                            finished, _ = wait(list(running), 1.0, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            with self.lock:
+                                trial = running.pop(future)
+                            state = self._tell(study, trial, _job_return(future))
+                            self._progress(study, trial, state, started)
+                        _, _, failed = self._budget_used(study)
+                        if failed > self.max_failure_rate * self.n_trials:
+                            too_many_failures = True
+                except KeyboardInterrupt:
+                    self._stop_running(study, running)
+                    raise
         finally:
             stop.set()
         if too_many_failures:
@@ -392,6 +399,27 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 f"{self.max_failure_rate} of n_trials={self.n_trials}; the first, trial "
                 f"{first.number}: {first.user_attrs[FAIL_REASON]}"
             )
+
+    def _stop_running(
+        self, study: optuna.Study, running: dict[Future[JobReturn], optuna.Trial]
+    ) -> None:
+        """Ctrl-C: stop the running trials at their next batch (STOP for those in this process;
+        those in worker processes got the signal too), wait for them, and record each: one
+        that finished meanwhile as usual, the others FAIL (not counted against the budget),
+        their parameters queued again for the resume, their MLflow runs closed."""
+        STOP.set()
+        log.warning("Ctrl-C: stopping %d running trial(s); Ctrl-C again to quit now", len(running))
+        wait(list(running))
+        for future, trial in running.items():
+            ret = _job_return(future)
+            if ret.status == JobStatus.COMPLETED:
+                self._tell(study, trial, ret)
+                continue
+            trial.set_user_attr(INTERRUPTED, "Ctrl-C")
+            study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(study._storage.get_trial(trial._trial_id).params)
+            if self.parent is not None:
+                self.parent.fail_interrupted(trial.number)
 
     def _heartbeat(
         self,
