@@ -408,7 +408,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         that finished meanwhile as usual, the others FAIL (not counted against the budget),
         their parameters queued again for the resume, their MLflow runs closed."""
         STOP.set()
-        log.warning("Ctrl-C: stopping %d running trial(s); Ctrl-C again to quit now", len(running))
+        log.warning("Ctrl-C: stopping %d running trial(s) at their next batch", len(running))
         wait(list(running))
         for future, trial in running.items():
             ret = _job_return(future)
