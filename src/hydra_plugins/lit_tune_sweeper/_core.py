@@ -355,50 +355,64 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         stop = threading.Event()
         beating = threading.Thread(target=self._heartbeat, args=(study, running, stop), daemon=True)
         beating.start()
-        started = time.monotonic()
-        too_many_failures = False
         try:
             with ThreadPoolExecutor(max_workers=slots) as pool:
                 try:  # inside the pool: leaving it waits for the running trials
-                    while True:
-                        while len(running) < slots and not too_many_failures:
-                            trial = self._ask(study)
-                            if trial is None:
-                                break
-                            (overrides,) = self._configure_trials(
-                                [trial], distributions, fixed, fixed_overrides
-                            )
-                            with self.lock:
-                                running[pool.submit(self._launch, overrides, trial.number)] = trial
-                        if not running:
-                            done, others, _ = self._budget_used(study)
-                            if too_many_failures or not others or done >= self.n_trials:
-                                break
-                            time.sleep(self.heartbeat_interval)  # another worker's trials, or stale
-                            continue
-                        finished: set[Future[JobReturn]] = set()
-                        while not finished:  # in steps, so that Ctrl-C is seen at once
-                            finished, _ = wait(list(running), 1.0, return_when=FIRST_COMPLETED)
-                        for future in finished:
-                            with self.lock:
-                                trial = running.pop(future)
-                            state = self._tell(study, trial, _job_return(future))
-                            self._progress(study, trial, state, started)
-                        _, _, failed = self._budget_used(study)
-                        if failed > self.max_failure_rate * self.n_trials:
-                            too_many_failures = True
+                    self._trials(study, pool, running, slots, distributions, fixed, fixed_overrides)
                 except KeyboardInterrupt:
                     self._stop_running(study, running)
                     raise
         finally:
             stop.set()
-        if too_many_failures:
+        _, _, failed = self._budget_used(study)
+        if failed > self.max_failure_rate * self.n_trials:
             first = next(t for t in study.trials if FAIL_REASON in t.user_attrs)
             raise SweepError(
                 f"{failed} trials failed, more than hydra.sweeper.max_failure_rate="
                 f"{self.max_failure_rate} of n_trials={self.n_trials}; the first, trial "
                 f"{first.number}: {first.user_attrs[FAIL_REASON]}"
             )
+
+    def _trials(
+        self,
+        study: optuna.Study,
+        pool: ThreadPoolExecutor,
+        running: dict[Future[JobReturn], optuna.Trial],
+        slots: int,
+        distributions: dict[str, BaseDistribution],
+        fixed: dict[str, Any],
+        fixed_overrides: list[str],
+    ) -> None:
+        """Keep `slots` trials running, a new one as soon as one ends, until the budget is
+        used or too many have failed."""
+        started = time.monotonic()
+        too_many_failures = False
+        while True:
+            while len(running) < slots and not too_many_failures:
+                trial = self._ask(study)
+                if trial is None:
+                    break
+                (overrides,) = self._configure_trials(
+                    [trial], distributions, fixed, fixed_overrides
+                )
+                with self.lock:
+                    running[pool.submit(self._launch, overrides, trial.number)] = trial
+            if not running:
+                done, others, _ = self._budget_used(study)
+                if too_many_failures or not others or done >= self.n_trials:
+                    return
+                time.sleep(self.heartbeat_interval)  # another worker's trials, or stale
+                continue
+            finished: set[Future[JobReturn]] = set()
+            while not finished:  # in steps, so that Ctrl-C is seen at once
+                finished, _ = wait(list(running), 1.0, return_when=FIRST_COMPLETED)
+            for future in finished:
+                with self.lock:
+                    trial = running.pop(future)
+                state = self._tell(study, trial, _job_return(future))
+                self._progress(study, trial, state, started)
+            _, _, failed = self._budget_used(study)
+            too_many_failures = failed > self.max_failure_rate * self.n_trials
 
     def _stop_running(
         self, study: optuna.Study, running: dict[Future[JobReturn], optuna.Trial]
