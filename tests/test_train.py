@@ -140,3 +140,44 @@ def test_ctrl_c_stops_a_run_and_closes_it_killed(tmp_path: Path):
     (found,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert found.info.status == "KILLED" and found.data.tags["outcome"] == "KILLED"
     assert len(client.get_metric_history(found.info.run_id, "val/acc")) < 1000
+
+
+def test_a_stopped_run_resumes_from_its_last_checkpoint_to_the_same_metrics(tmp_path: Path):
+    args = [
+        "trainer.max_epochs=8",
+        "callbacks.early_stopping.patience=100",
+        "data.batch_size=4",  # slow epochs: room to stop the run mid-way
+        "model.dropout=0.3",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+    (tmp_path / "whole").mkdir()
+    whole = run_cli(*args, cwd=tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    (tmp_path / "stopped").mkdir()
+    run = subprocess.Popen(cli(*args), cwd=tmp_path / "stopped", env=cli_env())
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list(
+        tmp_path.glob("stopped/outputs/*/*/checkpoints/last.ckpt")
+    ):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    run.kill()  # SIGKILL: no chance to tidy up
+    run.wait()
+    (last,) = tmp_path.glob("stopped/outputs/*/*/checkpoints/last.ckpt")
+    stopped_at = torch.load(last, weights_only=True)["epoch"]
+    assert stopped_at < 7  # it was stopped before the end
+
+    resumed = run_cli(*args, f"ckpt_path={last}", cwd=tmp_path / "stopped")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert objectives(resumed.stdout) == objectives(whole.stdout)
+    whole_metrics = metric_histories(tmp_path / "whole")
+    client = MlflowClient(f"sqlite:///{tmp_path}/stopped/mlruns/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 1  # the resumed run; the killed one never finished
+    for key in ["val/acc", "val/loss", "train/loss"]:
+        history = client.get_metric_history(finished[0].info.run_id, key)
+        assert len(history) == 8 - (stopped_at + 1)  # only the epochs after the stop
+        assert [(m.step, m.value) for m in history] == whole_metrics[key][stopped_at + 1 :]
+    assert finished[0].data.metrics["test/acc"] == whole_metrics["test/acc"][-1][1]

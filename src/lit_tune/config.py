@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob
 from hydra.errors import HydraException
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
@@ -81,6 +82,7 @@ def _list_of_positive_ints(v: Any) -> bool:
 # that is absent is not checked.
 RULES: dict[str, Rule] = {
     "seed": NON_NEGATIVE_INT,
+    "ckpt_path": (lambda v: v is None or Path(to_absolute_path(v)).is_file(), "a file or null"),
     "compile": BOOLEAN,
     "objective.mode": _one_of("max", "min"),
     "data.batch_size": POSITIVE_INT,

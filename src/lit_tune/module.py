@@ -39,6 +39,7 @@ class Classifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps its best
         # "disable": no NaN check, which would cost a device-to-host sync per batch. (It also
         # drops `weight` in torchmetrics 1.9, so the steps pass one loss per example.)
         self.val_loss = MeanMetric(nan_strategy="disable")
@@ -55,6 +56,7 @@ class Classifier(L.LightningModule):
         )
         self._epoch_start = 0.0
         self.channels_last = False
+        self._base_seed = torch.initial_seed()  # the run's seed (seed_everything came first)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last:
@@ -99,6 +101,10 @@ class Classifier(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
+        # Dropout and augmentation draw from a seed of (run, epoch): a run resumed from a
+        # checkpoint at epoch e draws what the uninterrupted run drew (the data order is
+        # epoch_order's, likewise).
+        torch.manual_seed(self._base_seed * 100_003 + self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
         # Lightning runs the epoch's validation before this hook, so this is train + val.
@@ -114,7 +120,8 @@ class Classifier(L.LightningModule):
             )
 
     def on_fit_start(self) -> None:
-        self.val_acc_best.reset()
+        if self.trainer.ckpt_path is None:  # a resumed run has its best from the checkpoint
+            self.val_acc_best.reset()
         # On a GPU, convolutions run fastest on NHWC ("channels last") tensors.
         convolutional = any(isinstance(m, nn.Conv2d) for m in self.net.modules())
         self.channels_last = self.device.type == "cuda" and convolutional

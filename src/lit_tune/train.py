@@ -20,7 +20,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import execution_whitelist, instantiate
+from hydra.utils import execution_whitelist, instantiate, to_absolute_path
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -119,7 +119,8 @@ def _train(cfg: DictConfig) -> float | list[float]:
     try:
         for each in trainer.loggers:  # under fast_dev_run, Lightning's no-op logger
             each.log_hyperparams({**tracking.flatten(cfg), "num_parameters": num_parameters})
-        trainer.fit(module, datamodule=datamodule)
+        resume = to_absolute_path(cfg.ckpt_path) if cfg.ckpt_path else None
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         if pruning is not None:
             pruning.check_pruned()  # under DDP the callback only flags it
         values = _objective(trainer, cfg.objective, num_parameters)
