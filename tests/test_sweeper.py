@@ -242,31 +242,40 @@ def test_ctrl_c_stops_cleanly_and_the_sweep_resumes(launcher: str, tmp_path: Pat
     assert all(str(t.params) in finished for t in stopped)  # their parameters ran after all
 
 
-def test_two_workers_share_one_study(tmp_path: Path):
+def test_four_workers_share_one_study_and_one_mlflow_store(tmp_path: Path):
     def worker(seed: int) -> subprocess.Popen[str]:
-        env = cli_env()
         return subprocess.Popen(
             cli(
                 "-m",
                 "hparams_search=mlp",
                 *FAST,
-                "hydra.sweeper.n_trials=6",
+                "trainer.max_epochs=3",
+                "hydra.sweeper.n_trials=20",
                 "hydra.sweeper.study_name=shared",
                 f"hydra.sweeper.sampler.seed={seed}",
+                # A space where no trial diverges: any FAIL would be the store's fault.
+                "optimizer=adam",
+                "optimizer.lr=tag(log, interval(0.0001, 0.01))",
             ),
             cwd=tmp_path,
-            env=env,
+            env=cli_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
 
-    workers = [worker(1), worker(2)]
+    workers = [worker(seed) for seed in range(4)]
     for w in workers:
-        _, stderr = w.communicate(timeout=600)
+        _, stderr = w.communicate(timeout=900)
         assert w.returncode == 0, stderr[-3000:]
-    study = assert_optuna_and_mlflow_agree(tmp_path, "shared")
-    assert sum(counts(t) for t in study.trials) == 6
+        assert "Traceback" not in stderr and "locked" not in stderr
+    study = assert_optuna_and_mlflow_agree(tmp_path, "shared")  # every trial has its run
+    assert sum(counts(t) for t in study.trials) == 20
+    assert not [t for t in study.trials if t.state == TrialState.FAIL and counts(t)]
+    _, children = mlflow_runs(tmp_path, "shared")
+    assert sorted(children) == sorted(
+        t.number for t in study.trials if not t.user_attrs.get("skipped")
+    )
 
 
 def test_parallel_trials_do_not_wait_for_a_batch(tmp_path: Path):
