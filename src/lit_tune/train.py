@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna_integration import PyTorchLightningPruningCallback
 
 from lit_tune import tracking
+from lit_tune.checkpoint_io import AtomicCheckpointIO
 from lit_tune.config import ConfigError, check, check_choices, one_line_errors
 from lit_tune.module import Classifier, count_parameters
 from lit_tune.trial import STOP, Interrupted, current_trial
@@ -113,7 +114,9 @@ def _train(cfg: DictConfig) -> float | list[float]:
     if sweep is not None and sweep.reports:
         pruning = EpochsPruning(sweep.trial, monitor=cfg.objective.metric)
         callbacks.append(pruning)
-    trainer: L.Trainer = _build(cfg, "trainer", callbacks=callbacks, logger=logger)
+    trainer: L.Trainer = _build(
+        cfg, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()]
+    )
     tracking.nest(trainer.loggers, sweep)
     num_parameters = count_parameters(net)
     try:
