@@ -27,6 +27,12 @@ class ConfigError(ValueError):
     """Bad input; the message is one line that names the key and what it allows."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 class SweepError(RuntimeError):
     """A sweep that cannot go on (too many failed trials); the message is one line."""
 
@@ -165,8 +171,7 @@ def check_choices(args: list[str], conf_dir: Path) -> None:
         try:
             overrides.append(parser.parse_override(arg))
         except HydraException as error:
-            reason = str(error).strip().splitlines()
-            raise ConfigError(f"{arg}: {reason[0] if reason else 'cannot parse'}") from None
+            raise ConfigError(f"{arg}: {first_line(error)}") from None
     with initialize_config_dir(str(conf_dir), version_base=None):
         loader = GlobalHydra.instance().config_loader()
         groups, keys = [], []
@@ -182,7 +187,11 @@ def check_choices(args: list[str], conf_dir: Path) -> None:
             elif not (override.is_add() or override.is_force_add() or override.is_delete()):
                 keys.append(name)
         # The config the groups make, to look the keys up in (a sweep's first choice of each).
-        chosen = [f"hydra.searchpath=[{','.join(d.resolve().as_uri() for d in conf_dirs[1:])}]"]
+        chosen = []
+        if conf_dirs[1:]:  # --config-dir folders; Hydra's own search path otherwise
+            chosen.append(
+                f"hydra.searchpath=[{','.join(d.resolve().as_uri() for d in conf_dirs[1:])}]"
+            )
         for o in groups:
             if not isinstance(o.value(), Glob) and (
                 o.is_choice_sweep() or not o.is_sweep_override()

@@ -28,7 +28,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from lit_tune import tracking
 from lit_tune.checkpoint_io import AtomicCheckpointIO
-from lit_tune.config import ConfigError, check, check_choices, one_line_errors
+from lit_tune.config import ConfigError, check, check_choices, first_line, one_line_errors
 from lit_tune.module import Classifier, count_parameters
 from lit_tune.trial import STOP, Interrupted, current_trial
 
@@ -158,8 +158,7 @@ def _config_errors(key: str) -> Iterator[None]:
     except ConfigError:
         raise  # names its own key
     except (InstantiationException, TypeError, ValueError, MisconfigurationException) as error:
-        message = str(error.__cause__ or error).splitlines()[0]
-        raise ConfigError(f"{key}: {message}") from error
+        raise ConfigError(f"{key}: {first_line(error.__cause__ or error)}") from error
 
 
 class EpochsPruning(PyTorchLightningPruningCallback):

@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from optuna.storages import RDBStorage
 
-from lit_tune.config import ConfigError
+from lit_tune.config import ConfigError, first_line
 
 # Set on Ctrl-C: every run in this process stops at its next batch (see train.stop_on_ctrl_c).
 STOP = threading.Event()
@@ -47,9 +47,8 @@ def open_storage(url: str, **kwargs: Any) -> RDBStorage:
         with sqlite_lock(url):
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except (SQLAlchemyError, ImportError, ValueError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(
-            f"hydra.sweeper.storage={mask(url)}: cannot open it ({mask(reason)}); "
+            f"hydra.sweeper.storage={mask(url)}: cannot open it ({mask(first_line(error))}); "
             "give an Optuna RDB URL such as sqlite:///path/optuna.db or postgresql://..."
         ) from None
 

@@ -30,7 +30,7 @@ from optuna.distributions import BaseDistribution
 from optuna.storages import RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from lit_tune.config import ConfigError, SweepError
+from lit_tune.config import ConfigError, SweepError, first_line
 from lit_tune.trial import STOP, mask, open_storage
 
 from ._refine import refined_params
@@ -207,7 +207,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 try:
                     create_params_from_overrides([one])
                 except (HydraException, ValueError, AssertionError) as error:
-                    raise ConfigError(f"{one}: {_first_line(error)}") from error
+                    raise ConfigError(f"{one}: {first_line(error)}") from error
             raise
         for name in fixed:
             distributions.pop(name, None)
@@ -288,7 +288,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         except ConfigError:
             raise
         except (HydraException, ValueError, AssertionError) as error:
-            raise ConfigError(f"hydra.sweeper.params: {_first_line(error)}") from error
+            raise ConfigError(f"hydra.sweeper.params: {first_line(error)}") from error
         self._check_objective()
         url, name = self._storage_url(), self._study_name()
         study = self._open_study(url, name)
@@ -429,9 +429,10 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             if ret.status == JobStatus.COMPLETED:
                 self._tell(study, trial, ret)
                 continue
+            params = trial.params
             trial.set_user_attr(INTERRUPTED, "Ctrl-C")
             study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(study._storage.get_trial(trial._trial_id).params)
+            study.enqueue_trial(params)
             if self.parent is not None:
                 self.parent.fail_interrupted(trial.number)
 
@@ -507,10 +508,6 @@ def _job_return(future: Future[JobReturn]) -> JobReturn:
         ret = JobReturn(status=JobStatus.FAILED)
         ret._return_value = error
         return ret
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
 
 
 def _quote(value: str) -> str:
