@@ -91,22 +91,32 @@ def main() -> None:
         default=[],
         help="overrides for the pruned arm, e.g. hydra.sweeper.pruner.reduction_factor=4",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="another pruned arm against the same unpruned one: space-separated overrides",
+    )
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "results" / "pruning"))
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    results = [
-        sweep(workdir, f"bench-none-{stamp}", "none", args, []),
-        sweep(workdir, f"bench-hyperband-{stamp}", "hyperband", args, args.hyperband),
+    plain = sweep(workdir, f"bench-none-{stamp}", "none", args, [])
+    arms = [args.hyperband, *(v.split() for v in args.variant)]
+    pruned = [
+        sweep(workdir, f"bench-hyperband{i or ''}-{stamp}", "hyperband", args, extra)
+        for i, extra in enumerate(arms)
     ]
-    plain, pruned = results
+    for arm in pruned:
+        arm["epoch_ratio"] = arm["epochs_trained"] / plain["epochs_trained"]
+        arm["best_difference_points"] = 100 * (arm["best_val_acc"] - plain["best_val_acc"])
     summary = {
         "machine": f"{os.cpu_count()} CPU cores, torch threads default",
         "settings": vars(args),
-        "runs": results,
-        "epoch_ratio": pruned["epochs_trained"] / plain["epochs_trained"],
-        "best_difference_points": 100 * (pruned["best_val_acc"] - plain["best_val_acc"]),
+        "runs": [plain, *pruned],
+        "epoch_ratio": pruned[0]["epoch_ratio"],
+        "best_difference_points": pruned[0]["best_difference_points"],
     }
     name = f"pruning-{args.trials}x{args.epochs}x{args.train_fraction:g}-seed{args.seed}"
     if args.hyperband:
