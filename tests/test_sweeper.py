@@ -183,8 +183,18 @@ def test_a_killed_sweep_resumes_to_exactly_its_budget(tmp_path: Path):
     assert len(job_dirs) == len(set(job_dirs))  # job numbers continue across the two runs
 
 
-@pytest.mark.parametrize("launcher", ["hydra/launcher=basic", "hydra.sweeper.n_jobs=2"])
-def test_ctrl_c_stops_cleanly_and_the_sweep_resumes(launcher: str, tmp_path: Path):
+@pytest.mark.parametrize(
+    ("launcher", "signum", "to_group"),
+    [
+        ("hydra/launcher=basic", signal.SIGINT, True),  # Ctrl-C in a terminal: the group
+        ("hydra.sweeper.n_jobs=2", signal.SIGINT, True),
+        ("hydra.sweeper.n_jobs=2", signal.SIGTERM, False),  # `kill PID`: the workers only
+    ],  # hear of it from the sweep
+    ids=["ctrl-c", "ctrl-c-2-workers", "sigterm-2-workers"],
+)
+def test_a_signal_stops_a_sweep_cleanly_and_it_resumes(
+    launcher: str, signum: int, to_group: bool, tmp_path: Path
+):
     args = [
         "-m",
         "hparams_search=mlp",
@@ -217,15 +227,20 @@ def test_ctrl_c_stops_cleanly_and_the_sweep_resumes(launcher: str, tmp_path: Pat
             ):
                 break
     time.sleep(3.0)
-    os.killpg(sweep.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    started = time.monotonic()
+    (os.killpg if to_group else os.kill)(sweep.pid, signum)
     output, _ = sweep.communicate(timeout=120)
-    assert sweep.returncode == 130, output[-3000:]
+    assert sweep.returncode == 128 + signum, output[-3000:]
+    assert time.monotonic() - started < 60  # the trials stopped, they did not run to the end
     assert "Traceback" not in output
-    assert "Resume with the same command and hydra.sweeper.study_name=ctrlc" in output
+    said = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert f"Interrupted by {said}. Resume with the same command and " in output
+    assert "hydra.sweeper.study_name=ctrlc" in output
 
     study = assert_optuna_and_mlflow_agree(tmp_path, "ctrlc")
     stopped = [t for t in study.trials if t.user_attrs.get("interrupted")]
     assert len(stopped) == running and all(t.state == TrialState.FAIL for t in stopped)
+    assert all(t.user_attrs["interrupted"] == said for t in stopped)
     queued = [t for t in study.trials if t.state == TrialState.WAITING]
     queued_params = [t.system_attrs["fixed_params"] for t in queued]
     assert sorted(map(str, queued_params)) == sorted(str(t.params) for t in stopped)

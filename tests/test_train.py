@@ -118,7 +118,15 @@ def test_compile_runs_and_keeps_checkpoint_keys(tmp_path: Path):
     assert keys and not any("_orig_mod" in key for key in keys)  # loads into an uncompiled net
 
 
-def test_ctrl_c_stops_a_run_and_closes_it_killed(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("stop", "status", "said"),
+    [
+        (lambda pid: os.killpg(pid, signal.SIGINT), 130, "Ctrl-C"),  # Ctrl-C in a terminal
+        (lambda pid: os.kill(pid, signal.SIGTERM), 143, "SIGTERM"),  # `kill PID`
+    ],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_signal_stops_a_run_and_closes_it_killed(stop, status: int, said: str, tmp_path: Path):
     run = subprocess.Popen(
         cli("trainer.max_epochs=1000", "callbacks.early_stopping.patience=1000"),
         cwd=tmp_path,
@@ -131,14 +139,15 @@ def test_ctrl_c_stops_a_run_and_closes_it_killed(tmp_path: Path):
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not list(tmp_path.glob("outputs/*/*/checkpoints/*")):
         time.sleep(0.5)  # until it is training
-    os.killpg(run.pid, signal.SIGINT)
+    stop(run.pid)
     output, _ = run.communicate(timeout=120)
-    assert run.returncode == 130, output[-3000:]
+    assert run.returncode == status, output[-3000:]
     assert "Traceback" not in output
-    assert "Interrupted: the run stopped and its MLflow run is closed KILLED" in output
+    assert f"Interrupted by {said}: the run stopped, its MLflow run is KILLED" in output
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     (found,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert found.info.status == "KILLED" and found.data.tags["outcome"] == "KILLED"
+    assert found.data.tags["killed"] == f"interrupted by {said}"
     assert len(client.get_metric_history(found.info.run_id, "val/acc")) < 1000
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import execution_whitelist, instantiate, to_absolute_path
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from optuna_integration import PyTorchLightningPruningCallback
 
@@ -30,7 +29,8 @@ from lit_tune import tracking
 from lit_tune.checkpoint_io import AtomicCheckpointIO
 from lit_tune.config import ConfigError, check, check_choices, first_line, one_line_errors
 from lit_tune.module import Classifier, count_parameters
-from lit_tune.trial import STOP, Interrupted, current_trial
+from lit_tune.signals import STOP, Interrupted, exit_status, stop_on_signal, stopped_by
+from lit_tune.trial import current_trial
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 log = logging.getLogger(__name__)
@@ -42,30 +42,8 @@ TRUSTED_TARGETS = ["lit_tune.*", "torch.optim.*", "lightning.pytorch.*"]
 def train(cfg: DictConfig) -> float | list[float]:
     """Train, test the best checkpoint, record the run; return the value of `objective.metric`
     (followed by those of `objective.extra`, for a multi-objective sweep)."""
-    with execution_whitelist(TRUSTED_TARGETS), stop_on_ctrl_c():
+    with execution_whitelist(TRUSTED_TARGETS), stop_on_signal():
         return _train(cfg)
-
-
-@contextmanager
-def stop_on_ctrl_c() -> Iterator[None]:
-    """A first Ctrl-C (SIGINT) sets STOP: the run stops at its next batch, closes its MLflow run
-    KILLED and raises Interrupted. A second one interrupts at once. Lightning's own handling
-    would exit the process from inside `fit`, which a sweep's worker must not do. (A run in a
-    sweep's thread gets STOP from the sweeper instead: signals reach the main thread only.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def request_stop(signum: int, frame: Any) -> None:
-        if STOP.is_set():
-            raise KeyboardInterrupt
-        STOP.set()
-
-    previous = signal.signal(signal.SIGINT, request_stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 class StopOnRequest(L.Callback):
@@ -73,7 +51,7 @@ class StopOnRequest(L.Callback):
 
     def _check(self) -> None:
         if STOP.is_set():
-            raise Interrupted("interrupted by Ctrl-C")
+            raise Interrupted(f"interrupted by {stopped_by()}")
 
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
         self._check()
@@ -134,9 +112,10 @@ def _train(cfg: DictConfig) -> float | list[float]:
     except optuna.TrialPruned as pruned:
         tracking.finish(trainer.loggers, "PRUNED", str(pruned))
         raise
-    except (Interrupted, KeyboardInterrupt) as error:
-        tracking.finish(trainer.loggers, "KILLED", "interrupted by Ctrl-C")
-        raise Interrupted("interrupted by Ctrl-C") from error
+    except (Interrupted, KeyboardInterrupt, SIGTERMException) as error:
+        reason = f"interrupted by {stopped_by()}"
+        tracking.finish(trainer.loggers, "KILLED", reason)
+        raise Interrupted(reason) from error
     except BaseException as error:
         tracking.finish(trainer.loggers, "FAIL", f"{type(error).__name__}: {error}")
         raise
@@ -195,7 +174,7 @@ def main() -> None:
     try:
         _hydra_main()
     except KeyboardInterrupt:
-        sys.exit(130)  # the run, or the sweep, has said what it closed and how to resume
+        sys.exit(exit_status())  # the run, or the sweep, has said what it closed and how to resume
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train")
@@ -206,5 +185,5 @@ def _hydra_main(cfg: DictConfig) -> float | list[float]:
         try:
             return train(cfg)
         except Interrupted:
-            log.error("Interrupted: the run stopped and its MLflow run is closed KILLED")
+            log.error("Interrupted by %s: the run stopped, its MLflow run is KILLED", stopped_by())
             raise KeyboardInterrupt from None  # Hydra reports an Exception with a traceback

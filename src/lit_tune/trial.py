@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,14 +22,6 @@ from hydra.utils import instantiate
 from optuna.storages import RDBStorage
 
 from lit_tune.config import ConfigError, first_line
-
-# Set on Ctrl-C: every run in this process stops at its next batch (see train.stop_on_ctrl_c).
-STOP = threading.Event()
-
-
-class Interrupted(RuntimeError):
-    """A run stopped by Ctrl-C (its MLflow run closed KILLED)."""
-
 
 SWEEPER_TARGET = "hydra_plugins.lit_tune_sweeper.sweeper.LitTuneSweeper"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the sweep's MLflow parent run

@@ -31,7 +31,8 @@ from optuna.storages import RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from lit_tune.config import ConfigError, SweepError, first_line
-from lit_tune.trial import STOP, mask, open_storage
+from lit_tune.signals import STOP, interrupt_on_sigterm, stopped_by
+from lit_tune.trial import mask, open_storage
 
 from ._refine import refined_params
 from ._report import ParentRun
@@ -39,7 +40,7 @@ from ._report import ParentRun
 log = logging.getLogger(__name__)
 
 FAIL_REASON = "fail_reason"  # user attr of a trial that failed on its own (counts)
-INTERRUPTED = "interrupted"  # user attr of a trial stopped by Ctrl-C (re-queued, not counted)
+INTERRUPTED = "interrupted"  # user attr of a trial stopped by a signal (re-queued, not counted)
 SKIPPED = "skipped"  # user attr of a trial asked beyond the budget by a racing worker
 
 
@@ -313,12 +314,15 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             )
         status = "FAILED"
         try:
-            self._run(study, slots, distributions, fixed, fixed_overrides)
+            with interrupt_on_sigterm():
+                self._run(study, slots, distributions, fixed, fixed_overrides)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
             log.error(
-                "Interrupted. Resume with the same command and hydra.sweeper.study_name=%s", name
+                "Interrupted by %s. Resume with the same command and hydra.sweeper.study_name=%s",
+                stopped_by(),
+                name,
             )
             raise
         finally:
@@ -417,12 +421,15 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
     def _stop_running(
         self, study: optuna.Study, running: dict[Future[JobReturn], optuna.Trial]
     ) -> None:
-        """Ctrl-C: stop the running trials at their next batch (STOP for those in this process;
-        those in worker processes got the signal too), wait for them, and record each: one
+        """Ctrl-C or SIGTERM: stop the running trials at their next batch (STOP for those in
+        this process; those in worker processes got the signal too), wait for them, and record
+        each: one
         that finished meanwhile as usual, the others FAIL (not counted against the budget),
         their parameters queued again for the resume, their MLflow runs closed."""
         STOP.set()
-        log.warning("Ctrl-C: stopping %d running trial(s) at their next batch", len(running))
+        log.warning(
+            "%s: stopping %d running trial(s) at their next batch", stopped_by(), len(running)
+        )
         wait(list(running))
         for future, trial in running.items():
             ret = _job_return(future)
@@ -430,7 +437,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 self._tell(study, trial, ret)
                 continue
             params = trial.params
-            trial.set_user_attr(INTERRUPTED, "Ctrl-C")
+            trial.set_user_attr(INTERRUPTED, stopped_by())
             study.tell(trial, state=TrialState.FAIL)
             study.enqueue_trial(params)
             if self.parent is not None:
