@@ -1,0 +1,102 @@
+"""Fault injection: a sweep killed (SIGKILL, SIGTERM, SIGINT) at several points, then re-run
+with the same command, ends with exactly its budget and nothing lost (tests/faults/)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, cli, cli_env
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+from test_sweeper import assert_optuna_and_mlflow_agree, load, mlflow_runs
+
+from hydra_plugins.lit_tune_sweeper._core import counts
+
+pytestmark = pytest.mark.slow
+N_TRIALS = 3
+SWEEP = [
+    "-m",
+    "hparams_search=mlp",
+    "hydra/launcher=basic",
+    "trainer.max_epochs=3",
+    "callbacks.progress_bar.refresh_rate=0",
+    "hydra/sweeper/pruner=none",
+    f"hydra.sweeper.n_trials={N_TRIALS}",
+    "hydra.sweeper.study_name=faults",
+    "hydra.sweeper.heartbeat_interval=1",
+    "hydra.sweeper.grace_period=2",
+]
+# Where the fault hits: the N-th time the process reaches the point (see tests/faults/).
+POINTS = {
+    "batch": 30,  # a training batch inside a trial
+    "between": 1,  # after the first trial's result was told, before the next trial
+    "checkpoint": 2,  # while the second checkpoint file is written
+    "mlflow": 8,  # while MLflow writes the eighth batch of metrics
+}
+
+
+def sweep(cwd: Path, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = cli_env()
+    if fault:
+        env["LIT_TUNE_FAULT"] = fault
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT / "tests" / "faults"), env.get("PYTHONPATH")) if p
+        )
+    return subprocess.run(
+        cli(*SWEEP),
+        cwd=cwd,
+        env=env,
+        start_new_session=True,  # its own process group, as a terminal gives a command
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def all_runs(cwd: Path) -> list:
+    client = MlflowClient(f"sqlite:///{cwd}/mlruns/mlflow.db")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize("name", ["KILL", "TERM", "INT"])
+@pytest.mark.parametrize("point", list(POINTS))
+def test_a_sweep_killed_anywhere_resumes_to_its_budget_and_loses_nothing(
+    point: str, name: str, tmp_path: Path
+):
+    signum = signal.Signals[f"SIG{name}"]
+    first = sweep(tmp_path, f"{point}:{name}:{POINTS[point]}")
+    output = first.stdout + first.stderr
+    assert f"fault injected: {point} SIG{name}" in output, output[-3000:]
+    if signum == signal.SIGKILL:
+        assert first.returncode == -signal.SIGKILL
+    else:  # a clean stop: nothing left running, one line on how to resume
+        assert first.returncode == 128 + signum, output[-3000:]
+        assert "Traceback" not in output
+        assert "Resume with the same command and hydra.sweeper.study_name=faults" in output
+        assert not [t for t in load(tmp_path, "faults").trials if t.state == TrialState.RUNNING]
+        assert not [r for r in all_runs(tmp_path) if r.info.status == "RUNNING"]
+
+    second = sweep(tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    study = assert_optuna_and_mlflow_agree(tmp_path, "faults")  # one parent, reopened
+    assert sum(counts(t) for t in study.trials) == N_TRIALS
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    runs = all_runs(tmp_path)
+    assert {r.info.status for r in runs} <= {"FINISHED", "FAILED", "KILLED"}
+    parents, children = mlflow_runs(tmp_path, "faults")
+    assert parents[0].info.status == "FINISHED"
+    for trial in study.trials:  # each counted trial has its metrics, epoch by epoch
+        if counts(trial):
+            (run,) = children[trial.number]
+            assert run.data.metrics["val/acc_best"] == pytest.approx(trial.value)
+    checkpoints = list(tmp_path.glob("multirun/**/*.ckpt"))
+    assert checkpoints
+    for path in checkpoints:  # whole: none was cut short
+        assert "state_dict" in torch.load(path, weights_only=True)
+    cut = list(tmp_path.glob("multirun/**/.*.partial"))
+    assert bool(cut) == (point == "checkpoint" and signum == signal.SIGKILL)
