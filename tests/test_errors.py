@@ -13,6 +13,9 @@ import pytest
 from conftest import run_cli
 from mlflow import MlflowClient
 
+from lit_tune.config import ConfigError
+from lit_tune.trial import check_parallel_sqlite, network_filesystem
+
 SWEEP = ["-m", "hparams_search=mlp", "hydra.sweeper.n_trials=1", "trainer.max_epochs=1"]
 
 # name: (arguments, what the one error line contains, exit code)
@@ -192,3 +195,23 @@ def test_bad_input_fails_in_one_line(case: str, tmp_path: Path):
             assert studies == 0
         else:
             assert states and set(states) <= {"COMPLETE", "PRUNED", "FAIL"}
+
+
+def test_sqlite_on_a_network_filesystem_is_refused_for_parallel_trials(tmp_path: Path, caplog):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "/dev/sda1 / ext4 rw 0 0\n"
+        f"server:/export {tmp_path}/shared\\040dir nfs4 rw 0 0\n"
+        f"tmpfs {tmp_path}/shared\\040dir/local tmpfs rw 0 0\n"
+    )
+    on_nfs = f"sqlite:///{tmp_path}/shared dir/mlruns/optuna.db"
+    stores = {"hydra.sweeper.storage": on_nfs, "logger.tracking_uri": "http://127.0.0.1:5000"}
+    assert network_filesystem(on_nfs, mounts) == "nfs4"
+    assert network_filesystem(f"sqlite:///{tmp_path}/shared dir/local/x.db", mounts) is None
+    assert network_filesystem(f"sqlite:///{tmp_path}/elsewhere.db", mounts) is None
+    with pytest.raises(ConfigError) as refused:
+        check_parallel_sqlite(stores, parallel=True, mounts=mounts)
+    assert str(refused.value).startswith(f"hydra.sweeper.storage={on_nfs} is on nfs4")
+    assert "postgresql://" in str(refused.value)
+    check_parallel_sqlite(stores, parallel=False, mounts=mounts)  # one at a time: a warning
+    assert "do not share this study" in caplog.text

@@ -8,6 +8,7 @@ its trial, report the objective every epoch and be pruned.
 from __future__ import annotations
 
 import fcntl
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from hydra.utils import instantiate
 from optuna.storages import RDBStorage
 
 from lit_tune.config import ConfigError, first_line
+
+log = logging.getLogger(__name__)
 
 SWEEPER_TARGET = "hydra_plugins.lit_tune_sweeper.sweeper.LitTuneSweeper"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the sweep's MLflow parent run
@@ -47,6 +50,50 @@ def open_storage(url: str, **kwargs: Any) -> RDBStorage:
 def mask(text: str) -> str:
     """The text with the password of any URL in it (scheme://user:password@host) as ***."""
     return re.sub(r"(://[^:/@\s]+:)[^@\s/]+@", r"\1***@", text)
+
+
+# Filesystems where SQLite's file locks do not hold across processes or machines.
+NETWORK_FILESYSTEMS = {
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre",
+    "gpfs", "beegfs", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone",
+}  # fmt: skip
+
+
+def network_filesystem(url: str, mounts: Path = Path("/proc/self/mounts")) -> str | None:
+    """The network filesystem a sqlite:/// URL's database is on, if it is on one (Linux)."""
+    if not url.startswith(SQLITE):
+        return None
+    try:
+        table = [line.split() for line in mounts.read_text().splitlines()]
+    except OSError:
+        return None
+    path = Path(url.removeprefix(SQLITE)).resolve()
+    best, kind = Path("/"), None
+    for fields in table:
+        if len(fields) < 3:
+            continue
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1]))
+        if (point == path or point in path.parents) and len(point.parts) >= len(best.parts):
+            best, kind = point, fields[2]
+    return kind if kind in NETWORK_FILESYSTEMS else None
+
+
+def check_parallel_sqlite(stores: dict[str, str], parallel: bool, **kwargs: Any) -> None:
+    """SQLite on a network filesystem: refused for parallel trials ({key: url}), whose
+    processes write at once; a warning for one trial at a time."""
+    for key, url in stores.items():
+        kind = network_filesystem(url, **kwargs)
+        if kind is None:
+            continue
+        problem = (
+            f"{key}={mask(url)} is on {kind}, a network filesystem where SQLite's locks do not hold"
+        )
+        if parallel:
+            raise ConfigError(
+                f"{problem}: parallel trials could corrupt it; put it on a local disk, use a "
+                "server database (postgresql://...), or run hydra.sweeper.n_jobs=1"
+            )
+        log.warning("%s: do not share this study or store with other processes", problem)
 
 
 @contextmanager

@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lit_tune.config import ConfigError, SweepError, first_line
 from lit_tune.signals import STOP, interrupt_on_sigterm, stopped_by
-from lit_tune.trial import mask, open_storage
+from lit_tune.trial import check_parallel_sqlite, mask, open_storage
 
 from ._refine import refined_params
 from ._report import ParentRun
@@ -291,7 +291,19 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         except (HydraException, ValueError, AssertionError) as error:
             raise ConfigError(f"hydra.sweeper.params: {first_line(error)}") from error
         self._check_objective()
+        parallel = self.launcher.__class__.__name__ != "BasicLauncher"  # in-process: one at a time
+        slots = self.n_jobs if parallel else 1
+        if self.n_jobs > 1 and not parallel:
+            log.warning(
+                "n_jobs=%d needs a parallel launcher (hydra/launcher=joblib); running "
+                "one trial at a time",
+                self.n_jobs,
+            )
         url, name = self._storage_url(), self._study_name()
+        tracking_uri = OmegaConf.select(self.cfg, "logger.tracking_uri", default="")
+        check_parallel_sqlite(
+            {"hydra.sweeper.storage": url, "logger.tracking_uri": tracking_uri}, slots > 1
+        )
         study = self._open_study(url, name)
         log.info(
             "Study '%s' in %s: %d trials in all, %d at a time, sampler %s, pruner %s",
@@ -304,14 +316,6 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         )
         self.parent = parent = ParentRun.open(self.cfg, study, distributions)
         self._pin("sweeper", study_name=name, storage=url)
-        parallel = self.launcher.__class__.__name__ != "BasicLauncher"  # in-process: one at a time
-        slots = self.n_jobs if parallel else 1
-        if self.n_jobs > 1 and not parallel:
-            log.warning(
-                "n_jobs=%d needs a parallel launcher (hydra/launcher=joblib); running "
-                "one trial at a time",
-                self.n_jobs,
-            )
         status = "FAILED"
         try:
             with interrupt_on_sigterm():
