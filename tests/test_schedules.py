@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from itertools import pairwise
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
-from conftest import run_cli
+from conftest import bare_trainer, run_cli
 
 from lit_tune import schedules
+from lit_tune.data import Digits
+from lit_tune.models import MLP
+from lit_tune.module import Classifier
 
 LR0 = 0.1
 
@@ -108,3 +113,20 @@ def test_the_trainer_applies_the_schedule_epoch_by_epoch(tmp_path: Path):
     assert [float(row["lr"]) for row in rows] == pytest.approx(
         [0.2 * 0.1 ** (e / 2) for e in range(4)]
     )
+
+
+def test_the_run_records_the_rate_of_every_step_as_the_schedule_gave_it():
+    """`lr_history` (plotted as plots/lr_schedule.png) is the rate each step used."""
+    L.seed_everything(0)
+    dm = Digits(batch_size=100, val_fraction=0.15, test_fraction=0.15, seed=0)
+    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden_layers=1, width=16)
+    one_cycle = functools.partial(
+        schedules.one_cycle, max_lr=LR0, pct_start=0.3, div_factor=10.0, final_div_factor=100.0
+    )
+    optimizer = functools.partial(torch.optim.SGD, lr=LR0)
+    module = Classifier(net, 10, optimizer, one_cycle)
+    trainer = bare_trainer(max_epochs=3)
+    trainer.fit(module, datamodule=dm)
+    total = int(trainer.estimated_stepping_batches)
+    assert len(module.lr_history) == total == 3 * 13  # 1298 examples in batches of 100
+    assert module.lr_history == pytest.approx(lrs(one_cycle(sgd(), total), total), rel=1e-9)

@@ -103,6 +103,12 @@ def test_pruned_trials_are_recorded_alike_in_optuna_and_mlflow(tmp_path: Path):
     parent, _ = mlflow_runs(tmp_path, "prune")
     artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id, "plots")}
     assert "plots/optimization_history.png" in artifacts
+    page = Path(
+        client.download_artifacts(parent[0].info.run_id, "plots/optuna.html", str(tmp_path))
+    )
+    html = page.read_text()
+    assert html.count("Plotly.newPlot") == 4  # history, importances, coordinates, curves
+    assert "Intermediate Values Plot" in html and "prune" in html
     assert parent[0].data.metrics["best_value"] == pytest.approx(study.best_value)
     results = yaml.safe_load(
         next(tmp_path.glob("multirun/*/*/optimization_results.yaml")).read_text()

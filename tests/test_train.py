@@ -66,7 +66,8 @@ def test_the_mlflow_run_holds_params_metrics_and_artifacts(digits_run):
     while folders:
         for item in client.list_artifacts(run.info.run_id, folders.pop()):
             (folders.append if item.is_dir else artifacts.add)(item.path)
-    assert {"config.yaml", "plots/learning_curves.png", "plots/confusion_matrix.png"} <= artifacts
+    plots = {"learning_curves", "lr_schedule", "confusion_matrix"}
+    assert {"config.yaml", *(f"plots/{name}.png" for name in plots)} <= artifacts
     assert "best/best.ckpt" in artifacts
 
     local = Path(client.download_artifacts(run.info.run_id, "best/best.ckpt", str(cwd)))

@@ -20,7 +20,8 @@ SchedulerFactory = Callable[..., LRSchedulerConfigType]
 
 class Classifier(L.LightningModule):
     """Cross-entropy classification. Logs per epoch (never per step): train/loss, val/loss,
-    val/acc, val/acc_best, epoch_time (s); after testing, test/loss, test/acc, `confusion`."""
+    val/acc, val/acc_best, epoch_time (s); after testing, test/loss, test/acc, `confusion`.
+    `lr_history` is the learning rate of every optimizer step this run took."""
 
     _loss_sum: Tensor
     _seen: Tensor
@@ -47,6 +48,7 @@ class Classifier(L.LightningModule):
         self.test_loss = MeanMetric(nan_strategy="disable")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.confusion: Tensor | None = None
+        self.lr_history: list[float] = []  # a Python float per step: no device sync
         # Summed on the device, read once per epoch. A self.log per training step would cost
         # about 1 ms of Lightning bookkeeping each (docs/benchmarks.md); this costs two adds.
         for name, dtype in [("_loss_sum", torch.float32), ("_seen", torch.long)]:
@@ -70,6 +72,10 @@ class Classifier(L.LightningModule):
         self._seen += len(y)
         self._nonfinite_steps += ~torch.isfinite(loss)
         return loss
+
+    def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
+        # Before the step: the rate this step uses, whatever the schedule's interval.
+        self.lr_history.append(self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch

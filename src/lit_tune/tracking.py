@@ -124,8 +124,11 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 
 
 @rank_zero_only  # under DDP, every rank runs train(); one records
-def log_results(loggers: list[Logger], cfg: DictConfig, confusion: Tensor | None) -> None:
-    """Add the resolved config, the learning curves and the confusion matrix to an MLflow run."""
+def log_results(
+    loggers: list[Logger], cfg: DictConfig, confusion: Tensor | None, lr_history: list[float]
+) -> None:
+    """Add the resolved config, the learning curves, the learning rate of every step and the
+    confusion matrix to an MLflow run."""
     for logger in loggers:
         if not isinstance(logger, MLFlowLogger):
             continue
@@ -134,6 +137,8 @@ def log_results(loggers: list[Logger], cfg: DictConfig, confusion: Tensor | None
         assert run_id is not None
         client.log_text(run_id, mask(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         client.log_figure(run_id, learning_curves(client, run_id), "plots/learning_curves.png")
+        if lr_history:
+            client.log_figure(run_id, lr_schedule(lr_history), "plots/lr_schedule.png")
         if confusion is not None:
             client.log_figure(run_id, confusion_matrix(confusion), "plots/confusion_matrix.png")
         plt.close("all")
@@ -155,6 +160,19 @@ def learning_curves(client: MlflowClient, run_id: str) -> Figure:
     loss_ax.set_ylabel("loss")
     acc_ax.set_ylabel("accuracy")
     fig.legend(loc="upper center", ncol=3)
+    return fig
+
+
+def lr_schedule(lr_history: list[float]) -> Figure:
+    """The learning rate of every optimizer step, as the optimizer had it (log scale when it
+    spans more than a factor of 10)."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(range(1, len(lr_history) + 1), lr_history, "C0-")
+    if min(lr_history) > 0 and max(lr_history) > 10 * min(lr_history):
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    fig.tight_layout()
     return fig
 
 

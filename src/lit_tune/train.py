@@ -108,7 +108,7 @@ def _train(cfg: DictConfig) -> float | list[float]:
         best = trainer.checkpoint_callback
         ckpt_path = "best" if isinstance(best, ModelCheckpoint) and best.best_model_path else None
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        tracking.log_results(trainer.loggers, cfg, module.confusion)
+        tracking.log_results(trainer.loggers, cfg, module.confusion, module.lr_history)
     except optuna.TrialPruned as pruned:
         tracking.finish(trainer.loggers, "PRUNED", str(pruned))
         raise

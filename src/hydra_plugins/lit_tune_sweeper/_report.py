@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -133,28 +133,39 @@ class ParentRun:
         self._plots(study)
 
     def _plots(self, study: optuna.Study) -> None:
+        """Optuna's plots: each as a PNG, and all in one interactive page, plots/optuna.html
+        (plotly.js inlined once, so that it opens offline and inside the MLflow UI)."""
         import matplotlib.pyplot as plt
-        from optuna.visualization import matplotlib as vis
+        from optuna import visualization as interactive
+        from optuna.visualization import matplotlib as static
 
-        plots: dict[str, Callable[[optuna.Study], Any]] = {
-            "optimization_history": vis.plot_optimization_history,
-            "param_importances": vis.plot_param_importances,
-            "parallel_coordinate": vis.plot_parallel_coordinate,
-            "intermediate_values": vis.plot_intermediate_values,
-        }
+        names = ["optimization_history", "param_importances", "parallel_coordinate"]
+        names.append("intermediate_values")
         if len(study.directions) > 1:
-            plots = {"pareto_front": vis.plot_pareto_front}
-        for name, plot in plots.items():
+            names = ["pareto_front"]
+        pages: list[str] = []
+        for name in names:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # Optuna marks these experimental
-                    axes = plot(study)
+                    axes = getattr(static, f"plot_{name}")(study)
+                    page = getattr(interactive, f"plot_{name}")(study)
                 figure = getattr(axes, "figure", None) or axes.flat[0].figure
                 self.client.log_figure(self.run_id, figure, f"plots/{name}.png")
+                pages.append(page.to_html(full_html=False, include_plotlyjs=not pages))
             except (ValueError, RuntimeError, ZeroDivisionError) as error:
                 log.info("No %s plot: %s", name, error)  # e.g. too few trials yet
             finally:
                 plt.close("all")
+        if pages:
+            title = f"<title>{html.escape(study.study_name)}</title>"
+            body = "\n".join(pages)
+            self.client.log_text(
+                self.run_id,
+                f'<!DOCTYPE html><html><head><meta charset="utf-8">{title}</head>'
+                f"<body>{body}</body></html>",
+                "plots/optuna.html",
+            )
 
     def _register(self, study: optuna.Study, best: optuna.trial.FrozenTrial) -> None:
         """Register the best trial's best checkpoint as a version of model `<study name>`."""
