@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ../shared/data
 ARGS ?=
+MLRUNS ?= mlruns
+DASHBOARD_PORT ?= 8080
 
-.PHONY: install train sweep sweep-mnist where bench test lint ui clean distclean
+.PHONY: install train sweep sweep-mnist where bench test lint ui dashboard clean distclean
 
 install: $(STAMP)
 
@@ -51,6 +53,10 @@ ui: install
 	mkdir -p mlruns
 	$(PY) -m mlflow ui --host 127.0.0.1 --port 5000 \
 		--backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts
+
+dashboard: install  ## optuna-dashboard on the studies in $(MLRUNS)/optuna.db, on 127.0.0.1 only
+	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) \
+		sqlite:///$(MLRUNS)/optuna.db
 
 clean:  ## run outputs and caches; keeps the MLflow store and the venv
 	rm -rf outputs multirun .pytest_cache .mypy_cache .ruff_cache
