@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -88,6 +89,18 @@ def test_pruned_trials_are_recorded_alike_in_optuna_and_mlflow(tmp_path: Path):
     study = assert_optuna_and_mlflow_agree(tmp_path, "prune")
     states = [t.state for t in study.trials]
     assert len(states) == 8
+    # One line per finished trial: n/N, state, value, best so far, elapsed and remaining time.
+    lines = re.findall(
+        r"trial (\d+) \((\d+)/8 done\): (\w+) ([\d.]+); best ([\d.]+); (\d+)s elapsed, "
+        r"about (\d+)s to go",
+        result.stdout + result.stderr,
+    )
+    assert [int(done) for _, done, *_ in lines] == list(range(1, 9))
+    for number, _, state, value, *_ in lines:
+        trial = study.trials[int(number)]
+        assert state == trial.state.name and float(value) == pytest.approx(trial.value, abs=1e-4)
+    assert float(lines[-1][4]) == pytest.approx(study.best_value, abs=1e-4)
+    assert lines[-1][6] == "0"
     assert TrialState.PRUNED in states and TrialState.COMPLETE in states
     _, children = mlflow_runs(tmp_path, "prune")
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
