@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import html
 import logging
+import random
 import re
+import time
 import warnings
 from typing import Any
 
@@ -13,7 +15,8 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 
-from lit_tune.trial import PARENT_RUN_ATTR
+from lit_tune.config import first_line
+from lit_tune.trial import PARENT_RUN_ATTR, sqlite_lock
 
 log = logging.getLogger(__name__)
 MLFLOW_LOGGER = "lit_tune.tracking.mlflow_logger"
@@ -111,9 +114,21 @@ class ParentRun:
         )
 
     def close(self, study: optuna.Study, status: str) -> None:
-        """Log the best trial, the trials table and Optuna's plots; register the best model."""
+        """Log the best trial, the trials table and Optuna's plots; register the best model.
+        Every worker of a shared study does this as it ends. On SQLite they take turns
+        through the store's lock file; elsewhere MLflow's tag insert can race another
+        worker's (UNIQUE constraint), and a second try updates what the first inserted."""
         try:
-            self._summarise(study)
+            for attempt in (1, 2, 3):
+                try:
+                    with sqlite_lock(self.client.tracking_uri):
+                        self._summarise(study)
+                    break
+                except MlflowException as error:
+                    if attempt == 3:
+                        raise
+                    log.info("Parent run summary raced another worker (%s)", first_line(error))
+                    time.sleep(random.uniform(0.5, 2.0))
         finally:
             self.client.set_terminated(self.run_id, status)
 
