@@ -61,6 +61,7 @@ def assert_optuna_and_mlflow_agree(cwd: Path, name: str) -> optuna.Study:
             continue  # never ran
         (run,) = children[trial.number]
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.info.run_name == f"{name}-{trial.number}"
         if counts(trial):
             assert run.data.tags["outcome"] == trial.state.name, trial.number
             assert run.info.status == RUN_STATUS[trial.state.name], trial.number

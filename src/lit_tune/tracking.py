@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: no display on servers and in sweeps
 import matplotlib.pyplot as plt
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
@@ -29,11 +31,18 @@ def mlflow_logger(
     run_name: str | None = None,
     log_model: bool = True,
 ) -> MLFlowLogger:
-    """Lightning's MLFlowLogger on our store, the run tagged with the Hydra overrides."""
+    """Lightning's MLFlowLogger on our store, the run tagged with the Hydra overrides. A trial's
+    run is named `<study>-<trial number>`, a single run by its start time. (MLflow's random
+    names come from Python's `random`, which the run's seed has fixed: all would be alike.)"""
     _make_store(tracking_uri)
     tags = {}
     if HydraConfig.initialized():
-        tags["hydra.overrides"] = mask(" ".join(HydraConfig.get().overrides.task)) or "(none)"
+        hydra = HydraConfig.get()
+        tags["hydra.overrides"] = mask(" ".join(hydra.overrides.task)) or "(none)"
+        study = hydra.sweeper.get("study_name")
+        if run_name is None and hydra.mode == RunMode.MULTIRUN and study:
+            run_name = f"{study}-{hydra.job.num}"  # the job number is the trial number
+    run_name = run_name or f"run-{datetime.now():%Y-%m-%d_%H-%M-%S}"
     return MLFlowLogger(
         experiment_name=experiment_name,
         tracking_uri=tracking_uri,
