@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= ../shared/data
 ARGS ?=
+PORT ?= 5000
+MLRUNS ?= mlruns
+# The browser test (tests/test_ui.py) drives Debian's Chromium: Playwright downloads no browser.
+SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo))
 
 .PHONY: install train sweep sweep-mnist where bench test lint ui clean distclean
 
@@ -15,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium)
 	touch $(STAMP)
 
 train: install  ## one run on digits; e.g. make train ARGS="model=cnn optimizer=sgd"
@@ -47,10 +53,10 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests bench train.py
 	$(VENV)/bin/mypy
 
-ui: install
-	mkdir -p mlruns
-	$(PY) -m mlflow ui --host 127.0.0.1 --port 5000 \
-		--backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts
+ui: install  ## the store under MLRUNS on 127.0.0.1:PORT
+	mkdir -p $(MLRUNS)
+	$(PY) -m mlflow ui --host 127.0.0.1 --port $(PORT) \
+		--backend-store-uri sqlite:///$(MLRUNS)/mlflow.db --default-artifact-root $(MLRUNS)/artifacts
 
 clean:  ## run outputs and caches; keeps the MLflow store and the venv
 	rm -rf outputs multirun .pytest_cache .mypy_cache .ruff_cache
