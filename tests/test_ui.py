@@ -74,14 +74,9 @@ def ui_url(sweep_dir: Path) -> Iterator[str]:
     """`make ui` serving the sweep's store on a free port; stopped with all its processes."""
     port = free_port()
     log = sweep_dir / "ui.log"
-    command = [
-        *("make", "--no-print-directory", "-C", str(ROOT), "ui"),
-        "-o",  # the venv running this test is built already: never rebuild it from here
-        "install",
-        f"PY={sys.executable}",
-        f"PORT={port}",
-        f"MLRUNS={sweep_dir / 'mlruns'}",
-    ]
+    # -o install: the venv running this test is built already; never rebuild it from here.
+    command = ["make", "--no-print-directory", "-C", str(ROOT), "-o", "install", "ui"]
+    command += [f"PY={sys.executable}", f"PORT={port}", f"MLRUNS={sweep_dir / 'mlruns'}"]
     # One worker and no job runner (GenAI jobs: 8 more processes) start in a third of the time
     # on two busy cores; the flags stay those of `make ui`.
     env = {**cli_env(), "MLFLOW_WORKERS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -133,7 +128,7 @@ def wait_for_answer(url: str, server: subprocess.Popen, log: Path, timeout: floa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert server.poll() is None, f"make ui exited {server.returncode}:\n{log.read_text()}"
-        with contextlib.suppress(requests.ConnectionError):
+        with contextlib.suppress(requests.RequestException):
             if requests.get(f"{url}/health", timeout=5).ok:
                 return
         time.sleep(0.5)
