@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= ../shared/data
 ARGS ?=
 MLRUNS ?= mlruns
+PORT ?= 5000
 DASHBOARD_PORT ?= 8080
+# The browser test (tests/test_ui.py) drives Debian's Chromium: Playwright downloads no browser.
+SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo))
 
 .PHONY: install train sweep sweep-mnist where bench test lint ui dashboard clean distclean
 
@@ -17,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium)
 	touch $(STAMP)
 
 train: install  ## one run on digits; e.g. make train ARGS="model=cnn optimizer=sgd"
@@ -49,10 +54,10 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests bench train.py
 	$(VENV)/bin/mypy
 
-ui: install
-	mkdir -p mlruns
-	$(PY) -m mlflow ui --host 127.0.0.1 --port 5000 \
-		--backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts
+ui: install  ## the store under MLRUNS on 127.0.0.1:PORT
+	mkdir -p $(MLRUNS)
+	$(PY) -m mlflow ui --host 127.0.0.1 --port $(PORT) \
+		--backend-store-uri sqlite:///$(MLRUNS)/mlflow.db --default-artifact-root $(MLRUNS)/artifacts
 
 dashboard: install  ## optuna-dashboard on the studies in $(MLRUNS)/optuna.db, on 127.0.0.1 only
 	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) \
