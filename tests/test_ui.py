@@ -54,12 +54,15 @@ try {
 
 @pytest.fixture
 def sweep_dir(tmp_path: Path) -> Path:
-    """A folder whose mlruns/ holds a small sweep: 3 trials of 2 epochs on digits."""
+    """A folder whose mlruns/ holds a small sweep: 3 trials of 5 epochs on digits (in a region
+    that trains, so that the screenshots show learning)."""
     result = run_cli(
         "-m",
         "hparams_search=mlp",
         "hydra/launcher=basic",
-        "trainer.max_epochs=2",
+        "trainer.max_epochs=5",
+        "optimizer=choice(adam, adamw)",
+        "optimizer.lr=tag(log, interval(0.001, 0.01))",
         "hydra.sweeper.n_trials=3",
         f"hydra.sweeper.study_name={STUDY}",
         "callbacks.progress_bar.refresh_rate=0",
