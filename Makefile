@@ -9,10 +9,12 @@ ARGS ?=
 MLRUNS ?= mlruns
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
+SERVER_PORT ?= 5001
+BACKEND ?= sqlite:///$(MLRUNS)/server.db
 # The browser test (tests/test_ui.py) drives Debian's Chromium: Playwright downloads no browser.
 SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo))
 
-.PHONY: install train sweep sweep-mnist where bench test lint ui dashboard clean distclean
+.PHONY: install train sweep sweep-mnist where bench test lint ui dashboard server clean distclean
 
 install: $(STAMP)
 
@@ -62,6 +64,15 @@ ui: install  ## the store under MLRUNS on 127.0.0.1:PORT
 dashboard: install  ## optuna-dashboard on the studies in $(MLRUNS)/optuna.db, on 127.0.0.1 only
 	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) \
 		sqlite:///$(MLRUNS)/optuna.db
+
+# A tracking server for trials on several machines: they log over HTTP with
+# MLFLOW_TRACKING_URI=http://HOST:$(SERVER_PORT); artifacts go through it to $(MLRUNS)/server-artifacts.
+# BACKEND=postgresql://... for a database server; HOST=0.0.0.0 to listen beyond this machine.
+HOST ?= 127.0.0.1
+server: install
+	mkdir -p $(MLRUNS)
+	$(PY) -m mlflow server --host $(HOST) --port $(SERVER_PORT) \
+		--backend-store-uri $(BACKEND) --artifacts-destination $(MLRUNS)/server-artifacts
 
 clean:  ## run outputs and caches; keeps the MLflow store and the venv
 	rm -rf outputs multirun .pytest_cache .mypy_cache .ruff_cache

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
+import requests
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -105,3 +111,56 @@ def bare_trainer(max_epochs: int) -> L.Trainer:
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def make_server(target: str, log: Path, **variables: str) -> Iterator[str]:
+    """`make TARGET PORT=<free port> VARIABLES...` serving MLflow (`ui`, `server`) until the
+    block ends; then stopped with all its processes. Yields its URL."""
+    port = free_port()
+    # -o install: the venv running this test is built already; never rebuild it from here.
+    command = ["make", "--no-print-directory", "-C", str(ROOT), "-o", "install", target]
+    command += [f"PY={sys.executable}", f"PORT={port}", f"SERVER_PORT={port}"]
+    command += [f"{key}={value}" for key, value in variables.items()]
+    # One worker and no job runner (GenAI jobs: 8 more processes) start in a third of the time
+    # on two busy cores; the flags stay those of the make target.
+    env = {**cli_env(), "MLFLOW_WORKERS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with log.open("w") as out:
+        # Its own session: make, mlflow and uvicorn form one process group to stop.
+        server = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_answer(url, server, log)
+        yield url
+    finally:
+        stop(server)
+
+
+def wait_for_answer(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"make exited {server.returncode}:\n{log.read_text()}"
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/health", timeout=5).ok:
+                return
+        time.sleep(0.5)
+    pytest.fail(f"nothing answers on {url} after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(server: subprocess.Popen) -> None:
+    """SIGTERM to the whole group, then SIGKILL to whatever outlived make."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        server.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()

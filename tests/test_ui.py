@@ -7,21 +7,14 @@ go to the test's tmp_path.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
-from conftest import ROOT, cli_env, run_cli
+from conftest import ROOT, make_server, run_cli
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from playwright.sync_api import Locator, Page, expect, sync_playwright
@@ -75,24 +68,8 @@ def sweep_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def ui_url(sweep_dir: Path) -> Iterator[str]:
     """`make ui` serving the sweep's store on a free port; stopped with all its processes."""
-    port = free_port()
-    log = sweep_dir / "ui.log"
-    # -o install: the venv running this test is built already; never rebuild it from here.
-    command = ["make", "--no-print-directory", "-C", str(ROOT), "-o", "install", "ui"]
-    command += [f"PY={sys.executable}", f"PORT={port}", f"MLRUNS={sweep_dir / 'mlruns'}"]
-    # One worker and no job runner (GenAI jobs: 8 more processes) start in a third of the time
-    # on two busy cores; the flags stay those of `make ui`.
-    env = {**cli_env(), "MLFLOW_WORKERS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with log.open("w") as out:
-        # Its own session: make, mlflow and uvicorn form one process group to stop.
-        server = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        wait_for_answer(f"http://127.0.0.1:{port}", server, log)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(server)
+    with make_server("ui", sweep_dir / "ui.log", MLRUNS=str(sweep_dir / "mlruns")) as url:
+        yield url
 
 
 @pytest.fixture
@@ -119,34 +96,6 @@ def shots(tmp_path: Path) -> Path:
     folder = ROOT / os.environ.get("LIT_TUNE_SCREENSHOTS", tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_answer(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"make ui exited {server.returncode}:\n{log.read_text()}"
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{url}/health", timeout=5).ok:
-                return
-        time.sleep(0.5)
-    pytest.fail(f"nothing answers on {url} after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(server: subprocess.Popen) -> None:
-    """SIGTERM to the whole group, then SIGKILL to whatever outlived make."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        server.wait(timeout=30)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGKILL)
-    server.wait()
 
 
 def sweep_runs(mlruns: Path) -> tuple[Run, list[Run]]:

@@ -46,7 +46,7 @@ def mlflow_logger(
     return MLFlowLogger(
         experiment_name=experiment_name,
         tracking_uri=tracking_uri,
-        artifact_location=Path(artifact_location).resolve().as_uri(),
+        artifact_location=_artifact_location(tracking_uri, artifact_location),
         run_name=run_name,
         tags=tags,
         log_model=log_model,
@@ -80,8 +80,17 @@ def mlflow_experiment(
         experiment = client.get_experiment_by_name(experiment_name)
         if experiment is not None:
             return client, experiment.experiment_id
-        location = Path(artifact_location).resolve().as_uri()
+        location = _artifact_location(tracking_uri, artifact_location)
         return client, client.create_experiment(experiment_name, location)
+
+
+def _artifact_location(tracking_uri: str, artifact_location: str) -> str | None:
+    """A local store keeps artifacts under `artifact_location`; a tracking server keeps them
+    where it was told to (`mlflow server --artifacts-destination`), so that trials on other
+    machines can write them."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    return Path(artifact_location).resolve().as_uri()
 
 
 def nest(loggers: list[Logger], sweep: SweepTrial | None) -> None:
