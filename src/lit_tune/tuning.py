@@ -26,7 +26,10 @@ Found = dict[str, tuple[Any, Any]]
 
 
 def find(
-    cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
 ) -> Found:
     """Run the finders that `cfg.tune` switches on and write what they find into `cfg`. The
     batch size comes first: the best learning rate depends on it."""
@@ -46,21 +49,22 @@ def _find(
 ) -> Found:
     found: Found = {}
     if cfg.tune.scale_batch_size:
-        args = OmegaConf.to_container(cfg.tune.scale_batch_size_args)
-        size = tuner.scale_batch_size(module, datamodule=datamodule, **args)  # type: ignore[arg-type]
+        size = tuner.scale_batch_size(
+            module, datamodule=datamodule, **cfg.tune.scale_batch_size_args
+        )
         found["data.batch_size"] = (cfg.data.batch_size, size)
     if cfg.tune.lr_find:
-        args = OmegaConf.to_container(cfg.tune.lr_find_args)
         # update_attr=False: our optimizer is a partial, rebuilt from cfg.optimizer.lr.
-        finder = tuner.lr_find(module, datamodule=datamodule, update_attr=False, **args)  # type: ignore[arg-type]
+        args = cfg.tune.lr_find_args
+        finder = tuner.lr_find(module, datamodule=datamodule, update_attr=False, **args)
         lr = steepest_descent(finder.results["lr"], finder.results["loss"]) if finder else None
         if finder and lr is not None:
-            fig = finder.plot()
-            assert fig is not None
-            fig.axes[0].axvline(lr, color="red", linestyle="--", label=f"optimizer.lr = {lr:.3g}")
-            fig.axes[0].legend()
+            fig, ax = plt.subplots()
+            finder.plot(ax=ax)
+            ax.axvline(lr, color="red", linestyle="--", label=f"optimizer.lr = {lr:.3g}")
+            ax.legend()
             fig.savefig(Path(cfg.paths.output_dir) / LR_PLOT)
-            plt.close("all")
+            plt.close(fig)
         found["optimizer.lr"] = (cfg.optimizer.lr, lr)
     return found
 
