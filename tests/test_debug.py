@@ -12,8 +12,11 @@ import optuna
 import pytest
 import yaml
 from conftest import cli, cli_env, group_options, objectives, run_cli, write_idx
+from lightning.pytorch.tuner.lr_finder import _LRFinder
 from mlflow import MlflowClient
 from mlflow.entities import Run
+
+from lit_tune.tuning import steepest_descent
 
 
 def only_run(cwd: Path, experiment: str) -> tuple[MlflowClient, Run]:
@@ -41,10 +44,12 @@ def test_fast_dev_run_runs_one_batch_and_keeps_nothing(tmp_path: Path):
 
 
 def test_limit_batches_runs_three_short_epochs_in_the_debug_experiment(tmp_path: Path):
-    result = run_cli("debug=limit_batches", cwd=tmp_path)
+    # debug= comes last: it shortens an experiment's 15 epochs and takes its MLflow experiment.
+    result = run_cli("experiment=digits_cnn", "debug=limit_batches", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     client, run = only_run(tmp_path, "debug")  # not the main experiment
     assert run.info.status == "FINISHED"
+    assert run.data.params["model._target_"] == "lit_tune.models.CNN"
     assert steps(client, run, "train/loss") == [4, 9, 14]  # 3 epochs of 5 batches
     # 2 batches of 64 validation and test examples: accuracies in 128ths (of 229 and 270
     # examples otherwise).
@@ -204,3 +209,19 @@ def test_a_finder_that_makes_no_sense_fails_in_one_line(args, expected: str, tmp
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+
+
+def test_the_lr_suggestion_is_the_steepest_descent_against_log_lr():
+    log_lr = np.linspace(-8, 0, 100)
+    # Flat with a small wiggle, then a descent centred on lr = 1e-2, then a blow-up.
+    losses = 3 - np.tanh(2 * (log_lr + 2)) + 0.01 * np.sin(40 * log_lr)
+    losses += np.where(log_lr > -0.5, 10 * (log_lr + 0.5), 0)
+    lrs, losses = (10**log_lr).tolist(), losses.tolist()
+    lr = steepest_descent(lrs, losses)
+    assert lr is not None and 0.007 < lr < 0.014
+    # Lightning's own suggestion, against lr itself, takes a wiggle at the smallest rates. When
+    # this fails, Lightning has fixed #21141: use finder.suggestion() and drop steepest_descent.
+    lightning = _LRFinder("exponential", 1e-8, 1.0, 100)
+    lightning.results = {"lr": lrs, "loss": losses}
+    assert lightning.suggestion() < 1e-6
+    assert steepest_descent([1e-3] * 12, [float("nan")] * 12) is None

@@ -34,19 +34,27 @@ def find(
     """Run the finders that `cfg.tune` switches on and write what they find into `cfg`. The
     batch size comes first: the best learning rate depends on it."""
     with _steps_only(trainer):
-        found = _find(cfg, Tuner(trainer), module, datamodule)
+        found = _run_finders(cfg, trainer, module, datamodule)
     for key, (configured, value) in found.items():
-        if value is None:  # under fast_dev_run, or too few batches for a suggestion
-            log.warning("Tuner: no value found for %s; keeping %s", key, configured)
+        if value is None:
+            log.warning(
+                "Tuner: found no %s (skipped under fast_dev_run, or too few batches); keeping %s",
+                key,
+                configured,
+            )
         else:
             OmegaConf.update(cfg, key, value)
             log.info("Tuner: %s %s -> %s", key, configured, value)
     return found
 
 
-def _find(
-    cfg: DictConfig, tuner: Tuner, module: L.LightningModule, datamodule: L.LightningDataModule
+def _run_finders(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
 ) -> Found:
+    tuner = Tuner(trainer)
     found: Found = {}
     if cfg.tune.scale_batch_size:
         size = tuner.scale_batch_size(
@@ -58,7 +66,7 @@ def _find(
         args = cfg.tune.lr_find_args
         finder = tuner.lr_find(module, datamodule=datamodule, update_attr=False, **args)
         lr = steepest_descent(finder.results["lr"], finder.results["loss"]) if finder else None
-        if finder and lr is not None:
+        if finder and lr is not None and trainer.is_global_zero:
             fig, ax = plt.subplots()
             finder.plot(ax=ax)
             ax.axvline(lr, color="red", linestyle="--", label=f"optimizer.lr = {lr:.3g}")
