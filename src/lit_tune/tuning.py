@@ -33,6 +33,8 @@ def find(
 ) -> Found:
     """Run the finders that `cfg.tune` switches on and write what they find into `cfg`. The
     batch size comes first: the best learning rate depends on it."""
+    if not (cfg.tune.scale_batch_size or cfg.tune.lr_find):
+        return {}
     with _steps_only(trainer):
         found = _run_finders(cfg, trainer, module, datamodule)
     for key, (configured, value) in found.items():
