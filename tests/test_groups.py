@@ -6,12 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import group_options, objectives, run_cli
+from conftest import CONF_DIR, group_options, objectives, run_cli
 
 # logger and callbacks: fast_dev_run switches loggers off, so they get a real epoch below.
 GROUPS = ["data", "model", "optimizer", "scheduler", "trainer"]
 # Options needing what this machine may lack; each runs in a test of its own below.
 ELSEWHERE = {"data": {"mnist", "fashion_mnist"}, "trainer": {"gpu", "ddp"}}
+
+
+@pytest.mark.parametrize("group", sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir()))
+def test_every_option_of_every_group_composes(group: str, compose_cfg):
+    for option in group_options(group):
+        assert compose_cfg(f"{group}={option}").hydra.runtime.choices[group] == option
 
 
 @pytest.mark.parametrize("group", GROUPS)

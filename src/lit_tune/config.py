@@ -119,7 +119,18 @@ RULES: dict[str, Rule] = {
     "scheduler.warmup_fraction": PROBABILITY,
     "trainer.max_epochs": POSITIVE_INT,
     "trainer.gradient_clip_val": (lambda v: v is None or NON_NEGATIVE[0](v), "null or >= 0"),
+    "tune.lr_find": BOOLEAN,
+    "tune.lr_find_args.min_lr": POSITIVE,
+    "tune.lr_find_args.max_lr": POSITIVE,
+    "tune.lr_find_args.num_training": POSITIVE_INT,
+    "tune.scale_batch_size": BOOLEAN,
+    "tune.scale_batch_size_args.mode": _one_of("power", "binsearch"),
+    "tune.scale_batch_size_args.max_trials": POSITIVE_INT,
+    "tune.scale_batch_size_args.max_val": POSITIVE_INT,
 }
+
+# The key each finder of `tune` sets for the run.
+FINDERS = {"tune.lr_find": "optimizer.lr", "tune.scale_batch_size": "data.batch_size"}
 
 
 def check(cfg: DictConfig) -> None:
@@ -141,6 +152,11 @@ def check(cfg: DictConfig) -> None:
             value = OmegaConf.to_object(value)
         if not ok(value):
             raise ConfigError(f"{key}={value!r}: must be {allowed}")
+    for finder, key in FINDERS.items():
+        if OmegaConf.select(cfg, finder) and cfg.ckpt_path:
+            raise ConfigError(
+                f"{finder}=true: not with ckpt_path; a resumed run goes on with its {key}"
+            )
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
     if accelerator not in _accelerators():
         raise ConfigError(
@@ -162,6 +178,8 @@ def check_choices(args: list[str], conf_dir: Path) -> None:
     """Raise ConfigError for a command-line override that does not parse, a `group=option`
     naming no option of the group, or a `key=value` naming no key of the composed config.
     Hydra reports all three too, but over a dozen lines."""
+    if "--shell-completion" in args or "-sc" in args:
+        return  # its arguments (install=bash, query=bash) are no overrides
     conf_dirs = [conf_dir, *_extra_config_dirs(args)]
     parser = OverridesParser.create()
     overrides = []
@@ -204,6 +222,8 @@ def check_choices(args: list[str], conf_dir: Path) -> None:
             raise ConfigError("; ".join(str(error).strip().splitlines()[:2])) from None
     for key in keys:
         _check_key(cfg, key)
+    if "-m" in args or "--multirun" in args:
+        _check_finders_in_sweep(overrides, cfg)
     for override in overrides:
         if override.key_or_group in OUTPUT_DIRS and not override.is_sweep_override():
             _check_writable(override.key_or_group, override.get_value_element_as_str())
@@ -221,6 +241,20 @@ def _check_writable(key: str, value: str) -> None:
         raise ConfigError(f"{key}={value}: cannot write there; {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}={value}: cannot write there; {existing} is not writable")
+
+
+def _check_finders_in_sweep(overrides: list[Any], cfg: DictConfig) -> None:
+    """Raise ConfigError for a finder switched on in a sweep that searches the key it sets:
+    the finder would replace each trial's choice, and the sweeper would learn nothing."""
+    swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
+    swept |= set(OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {})
+    given = {o.key_or_group: o.value() for o in overrides if not o.is_sweep_override()}
+    for finder, key in FINDERS.items():
+        if given.get(finder, OmegaConf.select(cfg, finder)) is True and key in swept:
+            raise ConfigError(
+                f"{finder}=true: not in a sweep that searches {key}; the finder would replace "
+                f"each trial's {key}. Run it once without -m, then search around its value"
+            )
 
 
 def _first(override: Any) -> str:

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from optuna_integration import PyTorchLightningPruningCallback
 
-from lit_tune import tracking
+from lit_tune import tracking, tuning
 from lit_tune.checkpoint_io import AtomicCheckpointIO
 from lit_tune.config import ConfigError, check, check_choices, first_line, one_line_errors
 from lit_tune.module import Classifier, count_parameters
@@ -96,10 +96,16 @@ def _train(cfg: DictConfig) -> float | list[float]:
         cfg, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()]
     )
     tracking.nest(trainer.loggers, sweep)
+    with _config_errors("tune"):  # before the MLflow run exists: the params are what it found
+        found = tuning.find(cfg, trainer, module, datamodule)
+    if "optimizer.lr" in found:  # rebuilt, so that the schedule follows too (one_cycle's max_lr)
+        module.optimizer_factory = _build(cfg, "optimizer", _convert_="all")
+        module.scheduler_factory = _build(cfg, "scheduler")
     num_parameters = count_parameters(net)
     try:
         for each in trainer.loggers:  # under fast_dev_run, Lightning's no-op logger
             each.log_hyperparams({**tracking.flatten(cfg), "num_parameters": num_parameters})
+        tuning.record(trainer.loggers, found, cfg.paths.output_dir)
         resume = to_absolute_path(cfg.ckpt_path) if cfg.ckpt_path else None
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         if pruning is not None:
