@@ -40,7 +40,7 @@ POINTS = {
 }
 
 
-def sweep(cwd: Path, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+def sweep(cwd: Path, fault: str | None = None, *extra: str) -> subprocess.CompletedProcess[str]:
     env = cli_env()
     if fault:
         env["LIT_TUNE_FAULT"] = fault
@@ -48,13 +48,13 @@ def sweep(cwd: Path, fault: str | None = None) -> subprocess.CompletedProcess[st
             p for p in (str(ROOT / "tests" / "faults"), env.get("PYTHONPATH")) if p
         )
     return subprocess.run(
-        cli(*SWEEP),
+        cli(*SWEEP, *extra),
         cwd=cwd,
         env=env,
         start_new_session=True,  # its own process group, as a terminal gives a command
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=300,
     )
 
 
@@ -68,8 +68,19 @@ def all_runs(cwd: Path) -> list:
 def test_a_sweep_killed_anywhere_resumes_to_its_budget_and_loses_nothing(
     point: str, name: str, tmp_path: Path
 ):
+    kill_and_resume(tmp_path, point, name, POINTS[point])
+
+
+def test_a_sweep_killed_before_its_first_heartbeat_resumes(tmp_path: Path):
+    """The sweeper beats for its running trials every heartbeat_interval (here 60 s), so the
+    trial killed at its first batch has only the beat taken when it started: enough for the
+    re-run to find it stale instead of waiting for it for ever."""
+    kill_and_resume(tmp_path, "batch", "KILL", 1, "hydra.sweeper.heartbeat_interval=60")
+
+
+def kill_and_resume(tmp_path: Path, point: str, name: str, nth: int, *extra: str) -> None:
     signum = signal.Signals[f"SIG{name}"]
-    first = sweep(tmp_path, f"{point}:{name}:{POINTS[point]}")
+    first = sweep(tmp_path, f"{point}:{name}:{nth}", *extra)
     output = first.stdout + first.stderr
     assert f"fault injected: {point} SIG{name}" in output, output[-3000:]
     if signum == signal.SIGKILL:
@@ -81,7 +92,7 @@ def test_a_sweep_killed_anywhere_resumes_to_its_budget_and_loses_nothing(
         assert not [t for t in load(tmp_path, "faults").trials if t.state == TrialState.RUNNING]
         assert not [r for r in all_runs(tmp_path) if r.info.status == "RUNNING"]
 
-    second = sweep(tmp_path)
+    second = sweep(tmp_path, None, *extra)
     assert second.returncode == 0, second.stderr[-3000:]
     study = assert_optuna_and_mlflow_agree(tmp_path, "faults")  # one parent, reopened
     assert sum(counts(t) for t in study.trials) == N_TRIALS

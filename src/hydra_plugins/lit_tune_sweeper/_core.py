@@ -236,6 +236,9 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         if done + running >= self.n_trials:
             return None
         trial = study.ask()
+        # A first beat now, not after heartbeat_interval: a trial whose sweep dies before it
+        # has one is never found stale, and every later sweep would wait for it.
+        study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
         earlier = [
             t
             for t in study.get_trials(deepcopy=False)
