@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # before pyplot: no display on servers and in sweeps
 import matplotlib.pyplot as plt
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from lit_tune.config import ConfigError
+from lit_tune.module import Classifier
 from lit_tune.trial import SQLITE, SweepTrial, mask, sqlite_lock
 
 
@@ -142,24 +144,44 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 
 
 @rank_zero_only  # under DDP, every rank runs train(); one records
-def log_results(
-    loggers: list[Logger], cfg: DictConfig, confusion: Tensor | None, lr_history: list[float]
-) -> None:
-    """Add the resolved config, the learning curves, the learning rate of every step and the
-    confusion matrix to an MLflow run."""
-    for logger in loggers:
-        if not isinstance(logger, MLFlowLogger):
-            continue
-        client: MlflowClient = logger.experiment
-        run_id = logger.run_id
-        assert run_id is not None
+def log_results(loggers: list[Logger], cfg: DictConfig) -> None:
+    """Add the resolved config and the learning curves to an MLflow run."""
+    for client, run_id in _mlflow_runs(loggers):
         client.log_text(run_id, mask(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         client.log_figure(run_id, learning_curves(client, run_id), "plots/learning_curves.png")
-        if lr_history:
-            client.log_figure(run_id, lr_schedule(lr_history), "plots/lr_schedule.png")
-        if confusion is not None:
-            client.log_figure(run_id, confusion_matrix(confusion), "plots/confusion_matrix.png")
         plt.close("all")
+
+
+class ResultPlots(Callback):
+    """Add to an MLflow run the learning rate of every step (after fit) and the test confusion
+    matrix (after test). A callback, because these live in rank 0's module: under ddp_spawn
+    that is a copy in a child process, which the caller of fit and test never sees."""
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        assert isinstance(pl_module, Classifier)
+        if trainer.is_global_zero and pl_module.lr_history:
+            _log_figure(trainer.loggers, lr_schedule(pl_module.lr_history), "lr_schedule")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        assert isinstance(pl_module, Classifier)
+        if trainer.is_global_zero and pl_module.confusion is not None:
+            figure = confusion_matrix(pl_module.confusion)
+            _log_figure(trainer.loggers, figure, "confusion_matrix")
+
+
+def _log_figure(loggers: list[Logger], figure: Figure, name: str) -> None:
+    for client, run_id in _mlflow_runs(loggers):
+        client.log_figure(run_id, figure, f"plots/{name}.png")
+    plt.close(figure)
+
+
+def _mlflow_runs(loggers: list[Logger]) -> list[tuple[MlflowClient, str]]:
+    """(client, run id) of each MLflow logger whose run exists."""
+    return [
+        (logger.experiment, logger.run_id)
+        for logger in loggers
+        if isinstance(logger, MLFlowLogger) and logger.run_id is not None
+    ]
 
 
 def learning_curves(client: MlflowClient, run_id: str) -> Figure:

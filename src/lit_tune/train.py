@@ -7,9 +7,10 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning as L
@@ -21,6 +22,7 @@ from hydra.types import RunMode
 from hydra.utils import execution_whitelist, instantiate, to_absolute_path
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from optuna_integration import PyTorchLightningPruningCallback
@@ -75,8 +77,8 @@ def _train(cfg: DictConfig) -> float | list[float]:
     )
     if cfg.compile:
         net.compile()  # in place: state_dict keys (and so checkpoints) stay as they were
-    optimizer = _build(cfg, "optimizer", _convert_="all")
-    scheduler = _build(cfg, "scheduler")
+    optimizer = _factory(cfg, "optimizer", _convert_="all")
+    scheduler = _factory(cfg, "scheduler")
     with _config_errors("optimizer"):  # the partials fail now on a bad argument, not mid-run
         trial_optimizer = optimizer(net.parameters())
     with _config_errors("scheduler"):
@@ -92,15 +94,17 @@ def _train(cfg: DictConfig) -> float | list[float]:
     if sweep is not None and sweep.reports:
         pruning = EpochsPruning(sweep.trial, monitor=cfg.objective.metric)
         callbacks.append(pruning)
+    callbacks.append(tracking.ResultPlots())
     trainer: L.Trainer = _build(
         cfg, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()]
     )
+    _check_launcher(cfg, trainer)
     tracking.nest(trainer.loggers, sweep)
     with _config_errors("tune"):  # before the MLflow run exists: the params are what it found
         found = tuning.find(cfg, trainer, module, datamodule)
     if "optimizer.lr" in found:  # rebuilt, so that the schedule follows too (one_cycle's max_lr)
-        module.optimizer_factory = _build(cfg, "optimizer", _convert_="all")
-        module.scheduler_factory = _build(cfg, "scheduler")
+        module.optimizer_factory = _factory(cfg, "optimizer", _convert_="all")
+        module.scheduler_factory = _factory(cfg, "scheduler")
     num_parameters = count_parameters(net)
     try:
         for each in trainer.loggers:  # under fast_dev_run, Lightning's no-op logger
@@ -114,7 +118,7 @@ def _train(cfg: DictConfig) -> float | list[float]:
         best = trainer.checkpoint_callback
         ckpt_path = "best" if isinstance(best, ModelCheckpoint) and best.best_model_path else None
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        tracking.log_results(trainer.loggers, cfg, module.confusion, module.lr_history)
+        tracking.log_results(trainer.loggers, cfg)
     except optuna.TrialPruned as pruned:
         tracking.finish(trainer.loggers, "PRUNED", str(pruned))
         raise
@@ -134,6 +138,26 @@ def _build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     """instantiate(cfg.<key>); a constructor that rejects its arguments is a config error."""
     with _config_errors(key):
         return instantiate(OmegaConf.select(cfg, key), **kwargs)
+
+
+@dataclass(frozen=True)
+class Factory:
+    """A `_partial_: true` config node that pickles: a call instantiates the node (resolved
+    when built) under TRUSTED_TARGETS and calls the result. DDP spawn pickles the module,
+    factories included, to every process; Hydra's own partials refuse to be pickled."""
+
+    node: dict[str, Any]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with execution_whitelist(TRUSTED_TARGETS):
+            return instantiate(self.node)(*args, **kwargs)
+
+
+def _factory(cfg: DictConfig, key: str, **kwargs: Any) -> Factory:
+    """The partial at cfg.<key> as a Factory; a bad target or argument fails here."""
+    _build(cfg, key, **kwargs)
+    node = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True))
+    return Factory({**node, **kwargs})
 
 
 @contextmanager
@@ -156,6 +180,26 @@ class EpochsPruning(PyTorchLightningPruningCallback):
         # The parent reads nothing from the module but `current_epoch`.
         epochs = SimpleNamespace(current_epoch=pl_module.current_epoch + 1)
         super().on_validation_end(trainer, epochs)  # type: ignore[arg-type]
+
+
+def _check_launcher(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """In a multirun, refuse a strategy that starts ranks 1.. by running this command line
+    again (Lightning's `ddp`): each would start a whole new sweep, ask the study for trials
+    of its own and join this trial's process group with another model."""
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return
+    launcher = trainer.strategy.launcher
+    if (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and launcher.num_processes > 1
+        and not launcher.cluster_environment.creates_processes_externally  # torchrun, SLURM
+    ):
+        strategy = cfg.trainer.get("strategy", "auto")
+        raise ConfigError(
+            f"trainer.strategy={strategy} in a sweep (-m): Lightning starts each other rank "
+            "by re-running this command, which starts a whole new sweep; use "
+            "trainer.strategy=ddp_spawn"
+        )
 
 
 def _objective(trainer: L.Trainer, objective: DictConfig, num_parameters: int) -> list[float]:
