@@ -16,14 +16,21 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import optuna
 import pytest
 import requests
 from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
 from omegaconf import DictConfig
+from optuna.trial import TrialState
+
+from hydra_plugins.lit_tune_sweeper._core import counts
+from lit_tune.trial import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
 def cli_env() -> dict[str, str]:
@@ -164,3 +171,50 @@ def stop(server: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGKILL)
     server.wait()
+
+
+# -- a sweep's records: the Optuna study and its MLflow runs --------------------------------
+
+
+def load(cwd: Path, name: str) -> optuna.Study:
+    # Through the sweeper's own door: opening the store while a sweep creates it would race.
+    storage = open_storage(f"sqlite:///{cwd}/mlruns/optuna.db")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def mlflow_runs(cwd: Path, name: str) -> tuple[list, dict[int, list]]:
+    """(parent runs, {trial number: child runs}) of study `name`."""
+    client = MlflowClient(f"sqlite:///{cwd}/mlruns/mlflow.db")
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`optuna.study_name` = '{name}'",
+    )
+    parents = [r for r in runs if r.data.tags.get("lit_tune.role") == "sweep"]
+    children: dict[int, list] = {}
+    for run in runs:
+        if "optuna.trial_number" in run.data.tags:
+            children.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)
+    return parents, children
+
+
+def assert_optuna_and_mlflow_agree(cwd: Path, name: str) -> optuna.Study:
+    """Every trial that ran has one MLflow run, nested under the sweep's one parent run, whose
+    status and `outcome` say what Optuna says; none is left RUNNING. Returns the study."""
+    study = load(cwd, name)
+    parents, children = mlflow_runs(cwd, name)
+    assert len(parents) == 1
+    for trial in study.trials:
+        if trial.user_attrs.get("skipped") or trial.state == TrialState.WAITING:
+            continue  # never ran
+        (run,) = children[trial.number]
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.info.run_name == f"{name}-{trial.number}"
+        if counts(trial):
+            assert run.data.tags["outcome"] == trial.state.name, trial.number
+            assert run.info.status == RUN_STATUS[trial.state.name], trial.number
+        elif trial.user_attrs.get("interrupted"):  # Ctrl-C: failed, re-queued
+            assert run.info.status == "KILLED" and run.data.tags["outcome"] == "KILLED"
+        else:  # left running by a killed sweep, then failed and re-queued
+            assert run.info.status == "FAILED"
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    return study

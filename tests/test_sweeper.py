@@ -9,16 +9,15 @@ import subprocess
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
-from conftest import cli, cli_env, run_cli
+from conftest import assert_optuna_and_mlflow_agree, cli, cli_env, load, mlflow_runs, run_cli
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from hydra_plugins.lit_tune_sweeper._core import counts
-from lit_tune.trial import open_storage, sqlite_lock
+from lit_tune.trial import sqlite_lock
 
 pytestmark = pytest.mark.slow
 # In-process trials, short training: these tests are about the sweep, not the models.
@@ -28,49 +27,6 @@ FAST = [
     "callbacks.early_stopping.patience=100",
     "callbacks.progress_bar.refresh_rate=0",
 ]
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
-
-
-def load(cwd: Path, name: str) -> optuna.Study:
-    # Through the sweeper's own door: opening the store while a sweep creates it would race.
-    storage = open_storage(f"sqlite:///{cwd}/mlruns/optuna.db")
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def mlflow_runs(cwd: Path, name: str) -> tuple[list, dict[int, list]]:
-    """(parent runs, {trial number: child runs}) of study `name`."""
-    client = MlflowClient(f"sqlite:///{cwd}/mlruns/mlflow.db")
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string=f"tags.`optuna.study_name` = '{name}'",
-    )
-    parents = [r for r in runs if r.data.tags.get("lit_tune.role") == "sweep"]
-    children: dict[int, list] = {}
-    for run in runs:
-        if "optuna.trial_number" in run.data.tags:
-            children.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)
-    return parents, children
-
-
-def assert_optuna_and_mlflow_agree(cwd: Path, name: str) -> optuna.Study:
-    study = load(cwd, name)
-    parents, children = mlflow_runs(cwd, name)
-    assert len(parents) == 1
-    for trial in study.trials:
-        if trial.user_attrs.get("skipped") or trial.state == TrialState.WAITING:
-            continue  # never ran
-        (run,) = children[trial.number]
-        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        assert run.info.run_name == f"{name}-{trial.number}"
-        if counts(trial):
-            assert run.data.tags["outcome"] == trial.state.name, trial.number
-            assert run.info.status == RUN_STATUS[trial.state.name], trial.number
-        elif trial.user_attrs.get("interrupted"):  # Ctrl-C: failed, re-queued
-            assert run.info.status == "KILLED" and run.data.tags["outcome"] == "KILLED"
-        else:  # left running by a killed sweep, then failed and re-queued
-            assert run.info.status == "FAILED"
-    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
-    return study
 
 
 def test_pruned_trials_are_recorded_alike_in_optuna_and_mlflow(tmp_path: Path):

@@ -31,14 +31,19 @@ def request_stop(signum: int) -> None:
     STOP.set()
 
 
+def stop_signal() -> int:
+    """The signal that stopped this process (SIGINT when none did: Ctrl-C is the default)."""
+    return _received[0] if _received else signal.SIGINT
+
+
 def stopped_by() -> str:
     """What stopped this process: "Ctrl-C" or "SIGTERM"."""
-    signum = _received[0] if _received else signal.SIGINT
+    signum = stop_signal()
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 def exit_status() -> int:
-    return 128 + (_received[0] if _received else signal.SIGINT)
+    return 128 + stop_signal()
 
 
 @contextmanager

@@ -31,8 +31,8 @@ from optuna.storages import RetryFailedTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from lit_tune.config import ConfigError, SweepError, first_line
-from lit_tune.signals import STOP, interrupt_on_sigterm, stopped_by
-from lit_tune.trial import check_parallel_sqlite, mask, open_storage
+from lit_tune.signals import STOP, interrupt_on_sigterm, stop_signal, stopped_by
+from lit_tune.trial import STOP_ATTR, check_parallel_sqlite, mask, open_storage
 
 from ._refine import refined_params
 from ._report import ParentRun
@@ -317,6 +317,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             type(self.sampler).__name__,
             type(self.pruner).__name__,
         )
+        self._start_launcher()
         self.parent = parent = ParentRun.open(self.cfg, study, distributions)
         self._pin("sweeper", study_name=name, storage=url)
         status = "FAILED"
@@ -339,9 +340,30 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
         self.config = config
+        # Launchers resolve their own config in a copy (submitit: its job folders under
+        # ${hydra.sweep.dir}), where ${now:} reads the clock again: the sweep dir, as a value.
+        self._pin("sweep", dir=str(config.hydra.sweep.dir))
         if "n_jobs" in config.hydra.launcher:  # joblib: one worker process per trial slot
             self._pin("launcher", n_jobs=self.n_jobs)
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _start_launcher(self) -> None:
+        """Start what a launcher would start in its first launch() (Ray: ray.init), once: trials
+        launch from several threads at once, which would race to start it."""
+        launcher: Any = self.launcher
+        if type(launcher).__name__ != "RayLauncher":
+            return
+        from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
+
+        init = launcher.ray_cfg.init
+        # The launcher sets this default in every launch(); on the read-only struct config that
+        # hydra-core 1.4 instantiates it with, that fails unless the key is there already.
+        with read_write(init), open_dict(init):
+            init.setdefault("object_store_memory", 78643200)
+        try:
+            start_ray(init)
+        except Exception as error:  # a bad argument, or no cluster at the address
+            raise ConfigError(f"hydra.launcher.ray.init: {first_line(error)}") from error
 
     def _pin(self, node: str, **values: Any) -> None:
         """Set hydra.<node> values in the config every job is composed from, as if given on the
@@ -429,14 +451,19 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         self, study: optuna.Study, running: dict[Future[JobReturn], optuna.Trial]
     ) -> None:
         """Ctrl-C or SIGTERM: stop the running trials at their next batch (STOP for those in
-        this process; those in worker processes got the signal too), wait for them, and record
-        each: one
-        that finished meanwhile as usual, the others FAIL (not counted against the budget),
-        their parameters queued again for the resume, their MLflow runs closed."""
+        this process; those elsewhere read the request from the study within
+        heartbeat_interval), wait for them, and record each: one that finished meanwhile as
+        usual, the others FAIL (not counted against the budget), their parameters queued
+        again for the resume, their MLflow runs closed."""
         STOP.set()
         log.warning(
             "%s: stopping %d running trial(s) at their next batch", stopped_by(), len(running)
         )
+        for trial in running.values():
+            try:
+                study._storage.set_trial_system_attr(trial._trial_id, STOP_ATTR, stop_signal())
+            except Exception as error:  # those with the signal stop anyway
+                log.warning("cannot ask trial %d to stop: %s", trial.number, first_line(error))
         wait(list(running))
         for future, trial in running.items():
             ret = _job_return(future)

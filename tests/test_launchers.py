@@ -1,0 +1,159 @@
+"""Hydra's Ray and submitit launchers under the lit_tune sweeper, through the real CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import assert_optuna_and_mlflow_agree, cli, cli_env, mlflow_runs, run_cli
+from hydra._internal.callbacks import Callbacks
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.plugins import Plugins
+from hydra.types import HydraContext
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from hydra_plugins.lit_tune_sweeper._core import counts
+from lit_tune.trial import sqlite_lock
+
+# A local Ray head for this sweep only, light: two CPUs, no dashboard, the trials' output in
+# their job folders (train.log) instead of echoed by the driver.
+RAY = [
+    "hydra/launcher=ray",
+    "+hydra.launcher.ray.init.num_cpus=2",
+    "+hydra.launcher.ray.init.include_dashboard=false",
+    "+hydra.launcher.ray.init.log_to_driver=false",
+]
+EPOCHS = 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher", [RAY, ["hydra/launcher=submitit_local"]], ids=["ray", "submitit_local"]
+)
+def test_a_launched_sweep_prunes_and_records_every_trial(launcher: list[str], tmp_path: Path):
+    result = run_cli(
+        "-m",
+        "hparams_search=mlp",
+        *launcher,
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        f"trainer.max_epochs={EPOCHS}",
+        "callbacks.progress_bar.refresh_rate=0",
+        # Hyperband judges a trial after its first epoch; the first two trials to get there
+        # are pruned whatever their value, so pruning happens whichever worker is first.
+        "hydra.sweeper.pruner.bootstrap_count=2",
+        "hydra.sweeper.study_name=launched",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = assert_optuna_and_mlflow_agree(tmp_path, "launched")
+    assert len(study.trials) == 4 and all(counts(t) for t in study.trials)
+    assert sum(t.state == TrialState.PRUNED for t in study.trials) >= 2
+
+    _, children = mlflow_runs(tmp_path, "launched")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    for trial in study.trials:
+        (run,) = children[trial.number]
+        history = sorted(
+            client.get_metric_history(run.info.run_id, "val/acc_best"), key=lambda m: m.step
+        )
+        # The job reported to Optuna after every epoch: what the pruner judged is what MLflow
+        # recorded, and the value Optuna keeps is the run's val/acc_best.
+        assert [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)] == (
+            pytest.approx([m.value for m in history])
+        )
+        assert sorted(trial.intermediate_values) == list(range(1, len(history) + 1))
+        assert len(history) == (1 if trial.state == TrialState.PRUNED else EPOCHS)
+        assert trial.value == pytest.approx(run.data.metrics["val/acc_best"])
+
+    # Two at a time: some trial started while another ran.
+    assert any(
+        o.datetime_start < t.datetime_start < o.datetime_complete
+        for t in study.trials
+        for o in study.trials
+    )
+    # Every job, and submitit's folders, under the one sweep dir.
+    (sweep_dir,) = tmp_path.glob("multirun/*/*")
+    jobs = {p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assert jobs == {"0", "1", "2", "3"}
+    if "submitit" in launcher[0]:
+        assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 4
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_trials_in_ray_workers(tmp_path: Path):
+    # Ray's workers are not in the terminal's process group: no Ctrl-C reaches them, the
+    # sweep asks them through the study.
+    sweep = subprocess.Popen(
+        cli(
+            "-m",
+            "hparams_search=mlp",
+            *RAY,
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.n_jobs=2",
+            "trainer.max_epochs=500",
+            "callbacks.early_stopping.patience=500",
+            "callbacks.progress_bar.refresh_rate=0",
+            "hydra/sweeper/pruner=none",
+            "hydra.sweeper.study_name=ctrlc",
+        ),
+        cwd=tmp_path,
+        env=cli_env(),
+        start_new_session=True,  # a process group, as a terminal makes one
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for_running_trials(tmp_path, "ctrlc", 2, sweep)
+        started = time.monotonic()
+        os.killpg(sweep.pid, signal.SIGINT)
+        output, _ = sweep.communicate(timeout=90)  # 500 epochs take minutes
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+    assert sweep.returncode == 130, output[-3000:]
+    assert time.monotonic() - started < 60  # the trials stopped, they did not run to the end
+    assert "Traceback" not in output
+    study = assert_optuna_and_mlflow_agree(tmp_path, "ctrlc")  # their runs KILLED
+    stopped = [t for t in study.trials if t.user_attrs.get("interrupted") == "Ctrl-C"]
+    assert len(stopped) == 2 and all(t.state == TrialState.FAIL for t in stopped)
+    assert sum(t.state == TrialState.WAITING for t in study.trials) == 2  # queued again
+
+
+def _wait_for_running_trials(cwd: Path, name: str, n: int, sweep: subprocess.Popen) -> None:
+    """Until `n` trials of study `name` are training (their MLflow runs RUNNING), and a bit."""
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        assert sweep.poll() is None, sweep.communicate()[0][-3000:]
+        if not (cwd / "mlruns" / "mlflow.db").exists():
+            continue
+        with sqlite_lock(f"sqlite:///{cwd}/mlruns/mlflow.db"):  # made while we look?
+            _, children = mlflow_runs(cwd, name)
+        if sum(r.info.status == "RUNNING" for runs in children.values() for r in runs) == n:
+            time.sleep(3.0)
+            return
+    pytest.fail(f"{n} trials were not running after 150 s")
+
+
+@pytest.mark.parametrize("launcher", ["ray", "submitit_local", "submitit_slurm"])
+def test_each_launcher_composes_with_the_sweeper(launcher: str, compose_cfg):
+    cfg = compose_cfg("hparams_search=mlp", f"hydra/launcher={launcher}", "hydra.sweeper.n_jobs=4")
+    context = HydraContext(
+        config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks()
+    )
+    wrapper = Plugins.instance().instantiate_sweeper(
+        hydra_context=context, task_function=lambda cfg: 0.0, config=cfg
+    )
+    sweeper = wrapper.sweeper  # type: ignore[attr-defined]
+    assert type(sweeper.launcher).__name__ != "BasicLauncher"  # so n_jobs trials at a time
+    if launcher.startswith("submitit"):  # its job folders in the sweep dir, not one beside it
+        folder = sweeper.launcher.params["submitit_folder"]
+        assert folder == f"{cfg.hydra.sweep.dir}/.submitit/%j"
