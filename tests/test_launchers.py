@@ -7,17 +7,20 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from conftest import assert_optuna_and_mlflow_agree, cli, cli_env, mlflow_runs, run_cli
 from hydra._internal.callbacks import Callbacks
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext
 from mlflow import MlflowClient
+from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from hydra_plugins.lit_tune_sweeper._core import counts
+from hydra_plugins.lit_tune_sweeper._core import counts, gpu_override
 from lit_tune.trial import sqlite_lock
 
 # A local Ray head for this sweep only, light: two CPUs, no dashboard, the trials' output in
@@ -146,14 +149,42 @@ def _wait_for_running_trials(cwd: Path, name: str, n: int, sweep: subprocess.Pop
 @pytest.mark.parametrize("launcher", ["ray", "submitit_local", "submitit_slurm"])
 def test_each_launcher_composes_with_the_sweeper(launcher: str, compose_cfg):
     cfg = compose_cfg("hparams_search=mlp", f"hydra/launcher={launcher}", "hydra.sweeper.n_jobs=4")
+    sweeper = built_sweeper(cfg)
+    assert type(sweeper.launcher).__name__ != "BasicLauncher"  # so n_jobs trials at a time
+    if launcher.startswith("submitit"):  # its job folders in the sweep dir, not one beside it
+        folder = sweeper.launcher.params["submitit_folder"]
+        assert folder == f"{cfg.hydra.sweep.dir}/.submitit/%j"
+
+
+@pytest.mark.parametrize(
+    "overrides, shared",
+    [
+        (["hydra/launcher=joblib"], 3),  # the default trainer: one device, the GPU if any
+        (["hydra/launcher=joblib", "trainer=gpu"], 3),
+        (["hydra/launcher=joblib", "trainer=cpu"], 0),
+        (["hydra/launcher=joblib", "trainer=ddp"], 0),  # every GPU to each trial
+        (["hydra/launcher=ray"], 0),  # Ray hands out GPUs itself (ray.remote.num_gpus)
+    ],
+)
+def test_local_worker_processes_take_a_gpu_each(
+    overrides: list[str], shared: int, compose_cfg, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    cfg = compose_cfg("hparams_search=mlp", "hydra.sweeper.n_jobs=4", *overrides)
+    assert built_sweeper(cfg)._gpus_to_share() == shared
+    # Four trial slots on three GPUs: the fourth takes turns with the first.
+    assert [gpu_override(slot, 3) for slot in range(4)] == [
+        [f"trainer.devices=[{gpu}]"] for gpu in (0, 1, 2, 0)
+    ]
+    assert gpu_override(0, 1) == gpu_override(2, 0) == []  # one GPU or none: nothing to share
+
+
+def built_sweeper(cfg: DictConfig) -> Any:
+    """Our sweeper, set up from `cfg` as Hydra does before a sweep (its launcher built)."""
     context = HydraContext(
         config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks()
     )
     wrapper = Plugins.instance().instantiate_sweeper(
         hydra_context=context, task_function=lambda cfg: 0.0, config=cfg
     )
-    sweeper = wrapper.sweeper  # type: ignore[attr-defined]
-    assert type(sweeper.launcher).__name__ != "BasicLauncher"  # so n_jobs trials at a time
-    if launcher.startswith("submitit"):  # its job folders in the sweep dir, not one beside it
-        folder = sweeper.launcher.params["submitit_folder"]
-        assert folder == f"{cfg.hydra.sweep.dir}/.submitit/%j"
+    return wrapper.sweeper  # type: ignore[attr-defined]

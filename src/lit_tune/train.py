@@ -122,11 +122,13 @@ def _train(cfg: DictConfig) -> float | list[float]:
     except optuna.TrialPruned as pruned:
         tracking.finish(trainer.loggers, "PRUNED", str(pruned))
         raise
-    except (Interrupted, KeyboardInterrupt, SIGTERMException) as error:
-        reason = f"interrupted by {stopped_by()}"
-        tracking.finish(trainer.loggers, "KILLED", reason)
-        raise Interrupted(reason) from error
     except BaseException as error:
+        # Asked to stop: KILLED however the run then ended (Lightning turns a second SIGINT,
+        # as submitit's job controller sends, into exit(1)).
+        if STOP.is_set() or isinstance(error, KeyboardInterrupt | SIGTERMException):
+            reason = f"interrupted by {stopped_by()}"
+            tracking.finish(trainer.loggers, "KILLED", reason)
+            raise Interrupted(reason) from error
         tracking.finish(trainer.loggers, "FAIL", f"{type(error).__name__}: {error}")
         raise
     tracking.finish(trainer.loggers, "COMPLETE")

@@ -420,6 +420,8 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         used or too many have failed."""
         started = time.monotonic()
         too_many_failures = False
+        free, taken = list(range(slots)), dict[Future[JobReturn], int]()  # slot of each trial
+        gpus = self._gpus_to_share()
         while True:
             while len(running) < slots and not too_many_failures:
                 trial = self._ask(study)
@@ -428,8 +430,11 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 (overrides,) = self._configure_trials(
                     [trial], distributions, fixed, fixed_overrides
                 )
+                slot = free.pop(0)
+                overrides = [*overrides, *gpu_override(slot, gpus)]
                 with self.lock:
-                    running[pool.submit(self._launch, overrides, trial.number)] = trial
+                    future = pool.submit(self._launch, overrides, trial.number)
+                    running[future], taken[future] = trial, slot
             if not running:
                 done, others, _ = self._budget_used(study)
                 if too_many_failures or not others or done >= self.n_trials:
@@ -442,10 +447,23 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             for future in finished:
                 with self.lock:
                     trial = running.pop(future)
+                free.append(taken.pop(future))
                 state = self._tell(study, trial, _job_return(future))
                 self._progress(study, trial, state, started)
             _, _, failed = self._budget_used(study)
             too_many_failures = failed > self.max_failure_rate * self.n_trials
+
+    def _gpus_to_share(self) -> int:
+        """How many GPUs the trials of this machine's worker processes (joblib) share out, one
+        each: this machine's count when the trainer asks for one device; else 0."""
+        if type(self.launcher).__name__ != "JoblibLauncher":
+            return 0  # Ray and SLURM give each job its GPUs (ray.remote.num_gpus, gpus_per_task)
+        trainer = OmegaConf.select(self.cfg, "trainer", default={})
+        if trainer.get("devices") != 1 or trainer.get("accelerator") not in ("auto", "gpu", "cuda"):
+            return 0
+        import torch
+
+        return torch.cuda.device_count()
 
     def _stop_running(
         self, study: optuna.Study, running: dict[Future[JobReturn], optuna.Trial]
@@ -539,6 +557,12 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             OmegaConf.create(results), f"{self.cfg.hydra.sweep.dir}/optimization_results.yaml"
         )
         log.info("Results: %s/optimization_results.yaml", self.cfg.hydra.sweep.dir)
+
+
+def gpu_override(slot: int, gpus: int) -> list[str]:
+    """The override that runs the trial in trial slot `slot` on a GPU of its own, when there
+    are several GPUs to share (with more slots than GPUs, slots take turns: k % gpus)."""
+    return [f"trainer.devices=[{slot % gpus}]"] if gpus > 1 else []
 
 
 def _job_return(future: Future[JobReturn]) -> JobReturn:
