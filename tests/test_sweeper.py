@@ -46,16 +46,21 @@ def test_pruned_trials_are_recorded_alike_in_optuna_and_mlflow(tmp_path: Path):
     study = assert_optuna_and_mlflow_agree(tmp_path, "prune")
     states = [t.state for t in study.trials]
     assert len(states) == 8
-    # One line per finished trial: n/N, state, value, best so far, elapsed and remaining time.
+    # One line per finished trial: n/N, state, value (a failure's reason), best so far,
+    # elapsed and remaining time.
     lines = re.findall(
-        r"trial (\d+) \((\d+)/8 done\): (\w+) ([\d.]+); best ([\d.]+); (\d+)s elapsed, "
-        r"about (\d+)s to go",
+        r"trial (\d+) \((\d+)/8 done\): (\w+) ([\d.]+|\(.+\)); best ([\d.]+); (\d+)s "
+        r"elapsed, about (\d+)s to go",
         result.stdout + result.stderr,
     )
     assert [int(done) for _, done, *_ in lines] == list(range(1, 9))
     for number, _, state, value, *_ in lines:
         trial = study.trials[int(number)]
-        assert state == trial.state.name and float(value) == pytest.approx(trial.value, abs=1e-4)
+        assert state == trial.state.name
+        if state == "FAIL":  # diverged: lr up to 1.0 in this space
+            assert value == f"({trial.user_attrs['fail_reason']})"
+        else:
+            assert float(value) == pytest.approx(trial.value, abs=1e-4)
     assert float(lines[-1][4]) == pytest.approx(study.best_value, abs=1e-4)
     assert lines[-1][6] == "0"
     assert TrialState.PRUNED in states and TrialState.COMPLETE in states
@@ -70,6 +75,12 @@ def test_pruned_trials_are_recorded_alike_in_optuna_and_mlflow(tmp_path: Path):
             # It keeps its last reported value; its run stopped where Optuna stopped it.
             assert trial.value == trial.intermediate_values[len(epochs)]
             assert len(epochs) < 6
+            # Its last epoch ended (train/loss logged, as for every epoch) and its curves show
+            # why it was pruned.
+            losses = client.get_metric_history(run.info.run_id, "train/loss")
+            assert len(losses) == len(epochs)
+            plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+            assert "plots/learning_curves.png" in plots
     parent, _ = mlflow_runs(tmp_path, "prune")
     artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id, "plots")}
     assert "plots/optimization_history.png" in artifacts

@@ -113,13 +113,14 @@ def _train(cfg: DictConfig) -> float | list[float]:
         resume = to_absolute_path(cfg.ckpt_path) if cfg.ckpt_path else None
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         if pruning is not None:
-            pruning.check_pruned()  # under DDP the callback only flags it
+            pruning.check_pruned()
         values = _objective(trainer, cfg.objective, num_parameters)
         best = trainer.checkpoint_callback
         ckpt_path = "best" if isinstance(best, ModelCheckpoint) and best.best_model_path else None
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         tracking.log_results(trainer.loggers, cfg)
     except optuna.TrialPruned as pruned:
+        tracking.log_results(trainer.loggers, cfg)  # its curves show why
         tracking.finish(trainer.loggers, "PRUNED", str(pruned))
         raise
     except BaseException as error:
@@ -176,12 +177,25 @@ class EpochsPruning(PyTorchLightningPruningCallback):
     """Optuna's Lightning callback, reporting at step = epochs trained (1, 2, ...) instead of
     Lightning's 0-based epoch index. A pruner's resources are then epochs: `min_resource=1`
     judges a trial after its first epoch (not its second) and `max_resource=max_epochs` is the
-    last step a trial reaches."""
+    last step a trial reaches. A pruned trial ends its epoch (its train/loss logged, as under
+    DDP) and `check_pruned` raises after fit."""
+
+    pruned: optuna.TrialPruned | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.pruned is not None:  # min_epochs holds it
+            return
         # The parent reads nothing from the module but `current_epoch`.
         epochs = SimpleNamespace(current_epoch=pl_module.current_epoch + 1)
-        super().on_validation_end(trainer, epochs)  # type: ignore[arg-type]
+        try:
+            super().on_validation_end(trainer, epochs)  # type: ignore[arg-type]
+        except optuna.TrialPruned as pruned:  # one process: raised, not flagged
+            self.pruned, trainer.should_stop = pruned, True
+
+    def check_pruned(self) -> None:
+        if self.pruned is not None:
+            raise self.pruned
+        super().check_pruned()
 
 
 def _check_launcher(cfg: DictConfig, trainer: L.Trainer) -> None:
