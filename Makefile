@@ -14,7 +14,7 @@ BACKEND ?= sqlite:///$(MLRUNS)/server.db
 # The browser test (tests/test_ui.py) drives Debian's Chromium: Playwright downloads no browser.
 SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo))
 
-.PHONY: install train sweep sweep-mnist where bench test lint ui dashboard server clean distclean
+.PHONY: install train sweep sweep-mnist where bench test lint ui dashboard server postgres postgres-stop clean distclean
 
 install: $(STAMP)
 
@@ -73,6 +73,20 @@ server: install
 	mkdir -p $(MLRUNS)
 	$(PY) -m mlflow server --host $(HOST) --port $(SERVER_PORT) \
 		--backend-store-uri $(BACKEND) --artifacts-destination $(MLRUNS)/server-artifacts
+
+# A local PostgreSQL for studies (and a tracking server's runs) that several sweeps share:
+# Debian's package, listening on 127.0.0.1 only; a role owning PG_DATABASES. Idempotent.
+PG_PORT ?= 5432
+PG_USER ?= lit_tune
+PG_PASSWORD ?= lit_tune
+PG_DATABASES ?= optuna mlflow
+export PG_PORT PG_USER PG_PASSWORD PG_DATABASES  # to the script, quotes and all
+postgres:  ## prints the URLs to use
+	$(SUDO) env PG_PORT="$$PG_PORT" PG_USER="$$PG_USER" PG_PASSWORD="$$PG_PASSWORD" \
+		PG_DATABASES="$$PG_DATABASES" scripts/postgres.sh start
+
+postgres-stop:
+	$(SUDO) scripts/postgres.sh stop
 
 clean:  ## run outputs and caches; keeps the MLflow store and the venv
 	rm -rf outputs multirun .pytest_cache .mypy_cache .ruff_cache

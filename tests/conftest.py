@@ -126,15 +126,19 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def make_command(target: str, **variables: str) -> list[str]:
+    """`make TARGET VARIABLES...` in the repository, with this test's Python."""
+    # -o install: the venv running this test is built already; never rebuild it from here.
+    command = ["make", "--no-print-directory", "-C", str(ROOT), "-o", "install", target]
+    return [*command, f"PY={sys.executable}", *(f"{k}={v}" for k, v in variables.items())]
+
+
 @contextmanager
 def make_server(target: str, log: Path, **variables: str) -> Iterator[str]:
     """`make TARGET PORT=<free port> VARIABLES...` serving MLflow (`ui`, `server`) until the
     block ends; then stopped with all its processes. Yields its URL."""
     port = free_port()
-    # -o install: the venv running this test is built already; never rebuild it from here.
-    command = ["make", "--no-print-directory", "-C", str(ROOT), "-o", "install", target]
-    command += [f"PY={sys.executable}", f"PORT={port}", f"SERVER_PORT={port}"]
-    command += [f"{key}={value}" for key, value in variables.items()]
+    command = make_command(target, PORT=str(port), SERVER_PORT=str(port), **variables)
     # One worker and no job runner (GenAI jobs: 8 more processes) start in a third of the time
     # on two busy cores; the flags stay those of the make target.
     env = {**cli_env(), "MLFLOW_WORKERS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lit_tune.config import ConfigError
 from lit_tune.module import Classifier
-from lit_tune.trial import SQLITE, SweepTrial, mask, sqlite_lock
+from lit_tune.trial import SQLITE, SweepTrial, mask, store_lock
 
 
 def mlflow_logger(
@@ -77,7 +77,7 @@ def mlflow_experiment(
 ) -> tuple[MlflowClient, str]:
     """A client on the store and the id of the experiment, created as mlflow_logger would."""
     _make_store(tracking_uri)
-    with sqlite_lock(tracking_uri):  # sweeps started at once would race to create it
+    with store_lock(tracking_uri):  # sweeps started at once would race to create it
         client = MlflowClient(tracking_uri)
         experiment = client.get_experiment_by_name(experiment_name)
         if experiment is not None:

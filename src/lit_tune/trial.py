@@ -42,7 +42,7 @@ def open_storage(url: str, **kwargs: Any) -> RDBStorage:
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
-        with sqlite_lock(url):
+        with store_lock(url):
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except (SQLAlchemyError, ImportError, ValueError, OSError) as error:
         raise ConfigError(
@@ -116,6 +116,31 @@ def sqlite_lock(url: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# pg_advisory_lock's key for store_lock: "lit_tune" as a bigint.
+PG_LOCK_KEY = int.from_bytes(b"lit_tune", "big")
+
+
+@contextmanager
+def store_lock(url: str) -> Iterator[None]:
+    """sqlite_lock for any store: on PostgreSQL an advisory lock, held on a connection of its
+    own. Workers started at once on a new database would all create the tables (duplicate
+    key errors). Other URLs: no lock."""
+    if not url.startswith("postgresql"):
+        with sqlite_lock(url):
+            yield
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:  # closing it ends the lock
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PG_LOCK_KEY})
+            yield
+    finally:
+        engine.dispose()
 
 
 @dataclass(frozen=True)
