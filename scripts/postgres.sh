@@ -56,8 +56,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'user') WHERE NOT EXISTS
 SQL
 done
 
-# +psycopg2: SQLAlchemy 2.1 takes postgresql:// to mean psycopg 3, which lit_tune does not install.
-url="postgresql+psycopg2://$PG_USER:***@127.0.0.1:$PG_PORT"
+url="postgresql://$PG_USER:***@127.0.0.1:$PG_PORT"
 echo "PostgreSQL $version on 127.0.0.1:$PG_PORT; databases: $PG_DATABASES (*** is PG_PASSWORD)"
 echo "  studies:  python train.py -m ... hydra.sweeper.storage=$url/optuna"
 echo "  runs:     make server BACKEND=$url/mlflow"

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import optuna
-import psycopg2
+import psycopg
 import pytest
 from conftest import cli, cli_env, make_command
 from mlflow import MlflowClient
@@ -45,16 +45,16 @@ def make_postgres(**variables: str) -> str:
 
 def query(sql: str) -> list[tuple]:
     """Run `sql` as our role on database `postgres`, outside a transaction (DROP DATABASE)."""
-    connection = psycopg2.connect(
-        host="127.0.0.1", port=PORT, user=USER, password=PASSWORD, dbname="postgres"
-    )
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-            return cursor.fetchall() if cursor.description else []
-    finally:
-        connection.close()
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=PORT,
+        user=USER,
+        password=PASSWORD,
+        dbname="postgres",
+        autocommit=True,
+    ) as connection:
+        cursor = connection.execute(sql)  # type: ignore[arg-type]
+        return cursor.fetchall() if cursor.description else []
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +62,13 @@ def databases() -> Iterator[dict[str, str]]:
     """URLs of two new databases of this run's own, `optuna` and `mlflow`: new, so that the
     workers create the tables together as on a fresh server. Dropped afterwards."""
     printed = make_postgres()  # the default databases; installs and starts it if need be
-    assert f"storage=postgresql+psycopg2://{USER}:***@127.0.0.1:{PORT}/optuna" in printed
+    assert f"storage=postgresql://{USER}:***@127.0.0.1:{PORT}/optuna" in printed
     started = "SELECT pg_postmaster_start_time()"
     before = query(started)
     names = {kind: f"test_{uuid.uuid4().hex[:12]}_{kind}" for kind in ("optuna", "mlflow")}
     make_postgres(PG_DATABASES=" ".join(names.values()))  # again: it adds them, no restart
     assert query(started) == before
-    base = f"postgresql+psycopg2://{USER}:{quote(PASSWORD, safe='')}@127.0.0.1:{PORT}"
+    base = f"postgresql://{USER}:{quote(PASSWORD, safe='')}@127.0.0.1:{PORT}"
     yield {kind: f"{base}/{name}" for kind, name in names.items()}
     for name in names.values():
         query(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
