@@ -191,6 +191,8 @@ class EpochsPruning(PyTorchLightningPruningCallback):
             super().on_validation_end(trainer, epochs)  # type: ignore[arg-type]
         except optuna.TrialPruned as pruned:  # one process: raised, not flagged
             self.pruned, trainer.should_stop = pruned, True
+            trainer.fit_loop.min_epochs = 0  # which would keep it training
+            trainer.fit_loop.epoch_loop.min_steps = 0
 
     def check_pruned(self) -> None:
         if self.pruned is not None:
