@@ -27,6 +27,10 @@ from optuna.trial import TrialState
 from hydra_plugins.lit_tune_sweeper._core import counts
 from lit_tune.trial import open_storage
 
+# Ctrl-C reaches our subprocesses as in a terminal, also where a shell started the tests in
+# the background (`make test &`), which ignores SIGINT for them all: the ignoring is inherited.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 SHARED_DATA = ROOT.parent / "shared" / "data"
