@@ -20,7 +20,8 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from hydra_plugins.lit_tune_sweeper._core import counts, gpu_override
+from hydra_plugins.lit_tune_sweeper._core import counts
+from hydra_plugins.lit_tune_sweeper._launchers import gpu_override, gpus_to_share
 from lit_tune.trial import sqlite_lock
 
 # A local Ray head for this sweep only, light: two CPUs, no dashboard, the trials' output in
@@ -171,7 +172,8 @@ def test_local_worker_processes_take_a_gpu_each(
 ):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     cfg = compose_cfg("hparams_search=mlp", "hydra.sweeper.n_jobs=4", *overrides)
-    assert built_sweeper(cfg)._gpus_to_share() == shared
+    sweeper = built_sweeper(cfg)
+    assert gpus_to_share(sweeper.launcher, sweeper.cfg) == shared
     # Four trial slots on three GPUs: the fourth takes turns with the first.
     assert [gpu_override(slot, 3) for slot in range(4)] == [
         [f"trainer.devices=[{gpu}]"] for gpu in (0, 1, 2, 0)

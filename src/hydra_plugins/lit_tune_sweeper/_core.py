@@ -34,6 +34,7 @@ from lit_tune.config import ConfigError, SweepError, first_line
 from lit_tune.signals import STOP, interrupt_on_sigterm, stop_signal, stopped_by
 from lit_tune.trial import STOP_ATTR, check_parallel_sqlite, mask, open_storage
 
+from . import _launchers
 from ._refine import refined_params
 from ._report import ParentRun
 
@@ -317,7 +318,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             type(self.sampler).__name__,
             type(self.pruner).__name__,
         )
-        self._start_launcher()
+        _launchers.start(self.launcher)
         self.parent = parent = ParentRun.open(self.cfg, study, distributions)
         self._pin("sweeper", study_name=name, storage=url)
         status = "FAILED"
@@ -346,24 +347,6 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         if "n_jobs" in config.hydra.launcher:  # joblib: one worker process per trial slot
             self._pin("launcher", n_jobs=self.n_jobs)
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-
-    def _start_launcher(self) -> None:
-        """Start what a launcher would start in its first launch() (Ray: ray.init), once: trials
-        launch from several threads at once, which would race to start it."""
-        launcher: Any = self.launcher
-        if type(launcher).__name__ != "RayLauncher":
-            return
-        from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
-
-        init = launcher.ray_cfg.init
-        # The launcher sets this default in every launch(); on the read-only struct config that
-        # hydra-core 1.4 instantiates it with, that fails unless the key is there already.
-        with read_write(init), open_dict(init):
-            init.setdefault("object_store_memory", 78643200)
-        try:
-            start_ray(init)
-        except Exception as error:  # a bad argument, or no cluster at the address
-            raise ConfigError(f"hydra.launcher.ray.init: {first_line(error)}") from error
 
     def _pin(self, node: str, **values: Any) -> None:
         """Set hydra.<node> values in the config every job is composed from, as if given on the
@@ -421,7 +404,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         started = time.monotonic()
         too_many_failures = False
         free, taken = list(range(slots)), dict[Future[JobReturn], int]()  # slot of each trial
-        gpus = self._gpus_to_share()
+        gpus = _launchers.gpus_to_share(self.launcher, self.cfg)
         while True:
             while len(running) < slots and not too_many_failures:
                 trial = self._ask(study)
@@ -431,7 +414,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                     [trial], distributions, fixed, fixed_overrides
                 )
                 slot = free.pop(0)
-                overrides = [*overrides, *gpu_override(slot, gpus)]
+                overrides = [*overrides, *_launchers.gpu_override(slot, gpus)]
                 with self.lock:
                     future = pool.submit(self._launch, overrides, trial.number)
                     running[future], taken[future] = trial, slot
@@ -448,22 +431,10 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 with self.lock:
                     trial = running.pop(future)
                 free.append(taken.pop(future))
-                state = self._tell(study, trial, _job_return(future))
+                state = self._tell(study, trial, _launchers.job_return(future))
                 self._progress(study, trial, state, started)
             _, _, failed = self._budget_used(study)
             too_many_failures = failed > self.max_failure_rate * self.n_trials
-
-    def _gpus_to_share(self) -> int:
-        """How many GPUs the trials of this machine's worker processes (joblib) share out, one
-        each: this machine's count when the trainer asks for one device; else 0."""
-        if type(self.launcher).__name__ != "JoblibLauncher":
-            return 0  # Ray and SLURM give each job its GPUs (ray.remote.num_gpus, gpus_per_task)
-        trainer = OmegaConf.select(self.cfg, "trainer", default={})
-        if trainer.get("devices") != 1 or trainer.get("accelerator") not in ("auto", "gpu", "cuda"):
-            return 0
-        import torch
-
-        return torch.cuda.device_count()
 
     def _stop_running(
         self, study: optuna.Study, running: dict[Future[JobReturn], optuna.Trial]
@@ -484,7 +455,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 log.warning("cannot ask trial %d to stop: %s", trial.number, first_line(error))
         wait(list(running))
         for future, trial in running.items():
-            ret = _job_return(future)
+            ret = _launchers.job_return(future)
             if ret.status == JobStatus.COMPLETED:
                 self._tell(study, trial, ret)
                 continue
@@ -557,22 +528,6 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             OmegaConf.create(results), f"{self.cfg.hydra.sweep.dir}/optimization_results.yaml"
         )
         log.info("Results: %s/optimization_results.yaml", self.cfg.hydra.sweep.dir)
-
-
-def gpu_override(slot: int, gpus: int) -> list[str]:
-    """The override that runs the trial in trial slot `slot` on a GPU of its own, when there
-    are several GPUs to share (with more slots than GPUs, slots take turns: k % gpus)."""
-    return [f"trainer.devices=[{slot % gpus}]"] if gpus > 1 else []
-
-
-def _job_return(future: Future[JobReturn]) -> JobReturn:
-    """The job's return; a launcher that broke (a worker process died) fails just the trial."""
-    try:
-        return future.result()
-    except Exception as error:
-        ret = JobReturn(status=JobStatus.FAILED)
-        ret._return_value = error
-        return ret
 
 
 def _quote(value: str) -> str:

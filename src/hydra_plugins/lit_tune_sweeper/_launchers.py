@@ -1,0 +1,59 @@
+"""What the sweeper does for particular Hydra launchers: start Ray once, share out GPUs to
+joblib's worker processes, turn a broken launch into a failed trial."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from lit_tune.config import ConfigError, first_line
+
+
+def start(launcher: Any) -> None:
+    """Start what a launcher would start in its first launch() (Ray: ray.init), once: trials
+    launch from several threads at once, which would race to start it."""
+    if type(launcher).__name__ != "RayLauncher":
+        return
+    from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
+
+    init = launcher.ray_cfg.init
+    # The launcher sets this default in every launch(); on the read-only struct config that
+    # hydra-core 1.4 instantiates it with, that fails unless the key is there already.
+    with read_write(init), open_dict(init):
+        init.setdefault("object_store_memory", 78643200)
+    try:
+        start_ray(init)
+    except Exception as error:  # a bad argument, or no cluster at the address
+        raise ConfigError(f"hydra.launcher.ray.init: {first_line(error)}") from error
+
+
+def gpus_to_share(launcher: Any, cfg: DictConfig) -> int:
+    """How many GPUs the trials of this machine's worker processes (joblib) share out, one
+    each: this machine's count when the trainer asks for one device; else 0."""
+    if type(launcher).__name__ != "JoblibLauncher":
+        return 0  # Ray and SLURM give each job its GPUs (ray.remote.num_gpus, gpus_per_task)
+    trainer = OmegaConf.select(cfg, "trainer", default={})
+    if trainer.get("devices") != 1 or trainer.get("accelerator") not in ("auto", "gpu", "cuda"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def gpu_override(slot: int, gpus: int) -> list[str]:
+    """The override that runs the trial in trial slot `slot` on a GPU of its own, when there
+    are several GPUs to share (with more slots than GPUs, slots take turns: k % gpus)."""
+    return [f"trainer.devices=[{slot % gpus}]"] if gpus > 1 else []
+
+
+def job_return(future: Future[JobReturn]) -> JobReturn:
+    """The job's return; a launcher that broke (a worker process died) fails just the trial."""
+    try:
+        return future.result()
+    except Exception as error:
+        ret = JobReturn(status=JobStatus.FAILED)
+        ret._return_value = error
+        return ret
