@@ -77,6 +77,33 @@ def test_an_epoch_serves_every_training_example_exactly_once_in_batches():
     assert torch.equal(served, torch.cat([x.flatten() for x, _ in loader]))  # resumable
 
 
+@pytest.mark.parametrize("loader", ["device", "dataloader"])
+def test_steps_per_execution_serves_the_same_batches_in_pieces(loader: str):
+    """A training batch of k steps, cut after the transfer, is the k batches of k=1."""
+    one = Numbered(batch_size=16, val_fraction=0.2, seed=0, loader=loader)
+    four = Numbered(batch_size=16, val_fraction=0.2, seed=0, loader=loader, steps_per_execution=4)
+    trainer = bare_trainer(max_epochs=1)
+    trainer.state.stage = "train"
+    for dm in (one, four):
+        dm.trainer = trainer
+        dm.setup()
+    for epoch in range(2):
+        served = []
+        for dm in (one, four):
+            loader_ = dm.train_dataloader()
+            loader_.sampler.set_epoch(epoch)
+            served.append([dm.on_after_batch_transfer(batch, 0) for batch in loader_])
+        steps_of_one, steps_of_four = served
+        assert [len(steps) for steps in steps_of_four] == [4, 2]  # 82 examples: 6 steps
+        assert all(len(steps) == 1 for steps in steps_of_one)
+        pairs = [pair for steps in steps_of_four for pair in steps]
+        assert len(pairs) == len(steps_of_one) == 6
+        for (x, y), [(x1, y1)] in zip(pairs, steps_of_one, strict=True):
+            assert torch.equal(x, x1) and torch.equal(y, y1)
+    assert four.optimizer_steps(2) == 6 and four.optimizer_steps(1) == 4
+    assert len(four.val_dataloader()) == len(one.val_dataloader())  # validation: unchanged
+
+
 def test_mnist_loads_from_the_shared_idx_files(mnist_dir: Path):
     dm = MNIST(str(mnist_dir), batch_size=128, val_fraction=0.1, seed=0, download=False)
     dm.prepare_data()
@@ -206,7 +233,7 @@ def test_shift_applies_to_training_batches_only():
     trainer = bare_trainer(max_epochs=1)
     dm.trainer = trainer
     trainer.state.stage = "train"
-    moved, labels = dm.on_after_batch_transfer(batch, 0)
-    assert labels is batch[1] and not torch.equal(moved, batch[0])
+    [(moved, labels)] = dm.on_after_batch_transfer(batch, 0)  # one step's batch
+    assert torch.equal(labels, batch[1]) and not torch.equal(moved, batch[0])
     trainer.state.stage = "validate"
     assert dm.on_after_batch_transfer(batch, 0) is batch

@@ -75,8 +75,9 @@ def test_profiler_writes_its_report_to_the_output_folder(tmp_path: Path):
     (output,) = tmp_path.glob("outputs/*/*")
     report = (output / "fit-profile.txt").read_text()
     assert report.startswith("FIT Profiler Report")
-    # One epoch of digits: 1,298 training examples in batches of 64.
-    assert re.search(r"\|\s+run_training_batch\s+\|\s+[\d.]+\s+\|\s+21\s+\|", report)
+    # One epoch of digits: 1,298 training examples in 21 steps of 64, which Lightning sees
+    # as 3 batches of up to 8 steps (data.steps_per_execution).
+    assert re.search(r"\|\s+run_training_batch\s+\|\s+[\d.]+\s+\|\s+3\s+\|", report)
     assert (output / "test-profile.txt").is_file()
 
 
@@ -179,7 +180,9 @@ def test_the_batch_size_finder_sets_the_batch_size_the_run_trains_with(tmp_path:
     client, run = only_run(tmp_path, "lit_tune")
     assert run.data.params["data.batch_size"] == "256"
     assert run.data.tags["tuned.data.batch_size"] == "64 -> 256"
-    assert steps(client, run, "train/loss") == [5, 11]  # 1,298 examples: 6 batches of 256
+    # MLflow's step counts Lightning's batches: 1,298 examples are 6 steps of 256, one batch
+    # of up to 8 steps (data.steps_per_execution) per epoch; with 64, 21 steps in 3 batches.
+    assert steps(client, run, "train/loss") == [0, 1]
 
 
 @pytest.mark.parametrize(

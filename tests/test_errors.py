@@ -69,6 +69,16 @@ CASES = {
     ),
     "bad schedule value": (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0", 2),
     "negative gradient clip": (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1", 2),
+    "zero steps per execution": (
+        ["data.steps_per_execution=0"],
+        "data.steps_per_execution=0: must be an integer > 0",
+        2,
+    ),
+    "gradient accumulation": (
+        ["+trainer.accumulate_grad_batches=4"],
+        "trainer.accumulate_grad_batches=4: must be 1 (a larger data.batch_size instead)",
+        2,
+    ),
     "accelerator this machine lacks": (["trainer.accelerator=tpu"], "trainer.accelerator='tpu'", 2),
     "zero devices": (
         ["trainer.devices=0"],

@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import bare_trainer
+from torch import Tensor
 
+from lit_tune import schedules
 from lit_tune.data import Digits
 from lit_tune.models import MLP
 from lit_tune.module import Classifier
@@ -39,3 +41,79 @@ def test_epoch_metrics_are_the_means_over_every_example():
             if split != "train":
                 accuracy = float((logits.argmax(1) == y).float().mean())
                 assert float(logged[f"{split}/acc"]) == pytest.approx(accuracy, abs=1e-6)
+
+
+def fit(steps_per_execution: int, scheduler, max_epochs: int = 3, **digits):
+    L.seed_everything(0)
+    dm = Digits(
+        batch_size=64,
+        val_fraction=0.15,
+        test_fraction=0.15,
+        seed=0,
+        steps_per_execution=steps_per_execution,
+        **digits,
+    )
+    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden_layers=1, width=32, dropout=0.2)
+    module = Classifier(net, 10, functools.partial(torch.optim.SGD, lr=0.2), scheduler)
+    trainer = bare_trainer(max_epochs=max_epochs)
+    trainer.fit(module, datamodule=dm)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "epoch_time"}
+    return module, trainer, metrics
+
+
+@pytest.mark.parametrize("loader", ["device", "dataloader"])
+def test_several_steps_per_batch_train_exactly_as_one(loader: str):
+    """Same seed, k = 1 or 5 steps per Lightning batch: the same steps, rates and metrics, to
+    the bit (dropout draws in the same order; the per-step schedule spans the same steps)."""
+    one_cycle = functools.partial(
+        schedules.one_cycle, max_lr=0.2, pct_start=0.3, div_factor=10.0, final_div_factor=100.0
+    )
+    one, trainer_one, metrics_one = fit(1, one_cycle, loader=loader)
+    five, trainer_five, metrics_five = fit(5, one_cycle, loader=loader)
+    assert len(five.lr_history) == 3 * 21  # 1298 examples in batches of 64, 3 epochs
+    assert five.lr_history == one.lr_history
+    assert trainer_five.global_step == trainer_one.global_step == 3 * 21  # optimizer steps
+    assert trainer_five.num_training_batches == 5  # 21 steps in batches of 5 steps
+    assert metrics_five == metrics_one
+    assert metrics_five["val/acc"] > 0.8  # it trained
+
+
+def test_epoch_schedules_step_once_per_epoch_and_plateau_reads_its_metric():
+    exponential = functools.partial(schedules.exponential, s=1.0)  # lr / 10 each epoch
+    module, _, _ = fit(4, exponential)
+    per_epoch = module.lr_history[::21]
+    assert per_epoch == pytest.approx([0.2, 0.02, 0.002])
+    assert len(set(module.lr_history[:21])) == 1  # constant within the epoch
+    # Plateau on val/loss with mode=max: a falling loss is "no progress", so with patience 0
+    # the rate halves after every epoch but the first.
+    plateau = functools.partial(
+        schedules.plateau, monitor="val/loss", mode="max", factor=0.5, patience=0
+    )
+    module, _, _ = fit(4, plateau, max_epochs=4)
+    assert module.monitor == "val/loss"
+    assert module.lr_history[::21] == pytest.approx([0.2, 0.2, 0.1, 0.05])
+
+
+def one_step_moves(clip: float | None, algorithm: str | None) -> Tensor:
+    """What one SGD step of lr 1 (the gradient itself) moves the weights by."""
+    L.seed_everything(0)
+    dm = Digits(batch_size=64, val_fraction=0.15, test_fraction=0.15, seed=0)
+    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden_layers=1, width=32)
+    before = [p.detach().clone() for p in net.parameters()]
+    sgd = functools.partial(torch.optim.SGD, lr=1.0)
+    module = Classifier(net, 10, sgd, no_schedule, clip, algorithm)
+    trainer = bare_trainer(max_epochs=1)
+    trainer.fit_loop.epoch_loop.max_steps = 1  # Trainer(max_steps=1)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 1
+    return torch.cat(
+        [(p.detach() - b).flatten() for p, b in zip(net.parameters(), before, strict=True)]
+    )
+
+
+def test_gradients_are_clipped_by_the_module():
+    """The module optimises by hand, so it clips (Lightning clips only what it optimises)."""
+    free = one_step_moves(None, None)
+    assert float(free.norm()) > 0.1 and float(free.abs().max()) > 0.01
+    assert float(one_step_moves(1e-3, "norm").norm()) == pytest.approx(1e-3, rel=1e-4)
+    assert float(one_step_moves(1e-3, "value").abs().max()) == pytest.approx(1e-3, rel=1e-4)

@@ -158,6 +158,8 @@ def test_a_stopped_run_resumes_from_its_last_checkpoint_to_the_same_metrics(tmp_
         "callbacks.early_stopping.patience=100",
         "data.batch_size=4",  # slow epochs: room to stop the run mid-way
         "model.dropout=0.3",
+        "scheduler=exponential",  # stepped per epoch: a resume must not step it twice
+        "scheduler.s=4",
         "callbacks.progress_bar.refresh_rate=0",
     ]
     (tmp_path / "whole").mkdir()

@@ -97,6 +97,7 @@ RULES: dict[str, Rule] = {
     "data.loader": _one_of("device", "dataloader"),
     "data.num_workers": NON_NEGATIVE_INT,
     "data.shift": NON_NEGATIVE_INT,
+    "data.steps_per_execution": POSITIVE_INT,
     "model.hidden_layers": NON_NEGATIVE_INT,
     "model.width": POSITIVE_INT,
     "model.widths": (_list_of_positive_ints, "null or a non-empty list of integers > 0"),
@@ -119,6 +120,8 @@ RULES: dict[str, Rule] = {
     "scheduler.warmup_fraction": PROBABILITY,
     "trainer.max_epochs": POSITIVE_INT,
     "trainer.gradient_clip_val": (lambda v: v is None or NON_NEGATIVE[0](v), "null or >= 0"),
+    # The module optimises by hand (data.steps_per_execution), which Lightning cannot accumulate.
+    "trainer.accumulate_grad_batches": (lambda v: v == 1, "1 (a larger data.batch_size instead)"),
     "tune.lr_find": BOOLEAN,
     "tune.lr_find_args.min_lr": POSITIVE,
     "tune.lr_find_args.max_lr": POSITIVE,

@@ -10,6 +10,12 @@ normalised once with the training split's mean and std. Two ways to serve it (`d
 
 Both take the order of epoch e from `epoch_order(n, seed, e)`, so that a run resumed at epoch e
 sees the batches an uninterrupted run would have seen, on any device.
+
+Training batches come `steps_per_execution` at a time (Keras's name for it): the loader serves
+that many batches' examples in one piece and `on_after_batch_transfer` cuts it into a list of
+batches, each one optimizer step of the module. Lightning's bookkeeping (hooks, callbacks,
+progress) then runs once per piece, not once per step: about 1 ms a step on a CPU
+(docs/benchmarks.md). The batches and their order are those of `steps_per_execution=1`.
 """
 
 from __future__ import annotations
@@ -152,6 +158,7 @@ class InMemoryData(L.LightningDataModule):
         loader: Literal["device", "dataloader"] = "device",
         num_workers: int = 0,
         shift: int = 0,
+        steps_per_execution: int = 1,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -160,6 +167,7 @@ class InMemoryData(L.LightningDataModule):
         self.loader = loader
         self.num_workers = num_workers
         self.shift = shift
+        self.steps_per_execution = steps_per_execution
         self.splits: dict[str, Pair] = {}  # `device`: normalised, on the training device
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -207,14 +215,27 @@ class InMemoryData(L.LightningDataModule):
             }
         self.splits = _resident[key]
 
+    def steps_per_batch(self) -> int:
+        """Optimizer steps in one training batch of the loader: steps_per_execution, except
+        under DDP, whose gradient sync expects one forward and one backward per step."""
+        trainer = self.trainer
+        return 1 if trainer is not None and trainer.world_size > 1 else self.steps_per_execution
+
+    def optimizer_steps(self, loader_batches: int) -> int:
+        """Optimizer steps in an epoch of `loader_batches` training batches (the last batch
+        of an epoch holds the examples that are left, maybe fewer steps)."""
+        steps = math.ceil(len(self._raw()[0]["train"][1]) / self.batch_size)
+        return min(loader_batches * self.steps_per_batch(), steps)
+
     def _loader(self, split: str, shuffle: bool = False) -> DeviceBatches | DataLoader:
         raw, mean, std = self._raw()
         x, y = raw[split]
         sampler = EpochOrder(len(y), shuffle, self.seed)
+        batch_size = self.batch_size * (self.steps_per_batch() if split == "train" else 1)
         if self.loader == "dataloader":
             return DataLoader(
                 _Examples(x, y, mean, std, self.input_shape),
-                batch_size=self.batch_size,
+                batch_size=batch_size,
                 sampler=sampler,
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
@@ -222,13 +243,16 @@ class InMemoryData(L.LightningDataModule):
             )
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        return DeviceBatches(*self.splits[split], self.batch_size, sampler, rank, world)
+        return DeviceBatches(*self.splits[split], batch_size, sampler, rank, world)
 
-    def on_after_batch_transfer(self, batch: Pair, dataloader_idx: int) -> Pair:
-        if self.shift and self.trainer is not None and self.trainer.training:
-            x, y = batch
-            return random_shift(x, self.shift), y
-        return batch
+    def on_after_batch_transfer(self, batch: Pair, dataloader_idx: int) -> Pair | list[Pair]:
+        """A training batch: shifted (`shift`), then cut into its steps' batches."""
+        if self.trainer is None or not self.trainer.training:
+            return batch
+        x, y = batch
+        if self.shift:
+            x = random_shift(x, self.shift)
+        return list(zip(x.split(self.batch_size), y.split(self.batch_size), strict=True))
 
     def train_dataloader(self) -> DeviceBatches | DataLoader:
         return self._loader("train", shuffle=True)

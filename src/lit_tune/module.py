@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.types import LRSchedulerConfigType, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[..., LRSchedulerConfigType]
+Batch = tuple[Tensor, Tensor]
 
 
 class Classifier(L.LightningModule):
     """Cross-entropy classification. Logs per epoch (never per step): train/loss, val/loss,
     val/acc, val/acc_best, epoch_time (s); after testing, test/loss, test/acc, `confusion`.
-    `lr_history` is the learning rate of every optimizer step this run took."""
+    `lr_history` is the learning rate of every optimizer step this run took.
+
+    A training batch may be a list of batches, one optimizer step each (the data's
+    `steps_per_execution`): so the module optimises by hand (Lightning's manual optimization)
+    and steps the LR schedule, and clips gradients, itself; Lightning does neither for a
+    module that optimises by hand."""
 
     _loss_sum: Tensor
     _seen: Tensor
@@ -33,8 +43,13 @@ class Classifier(L.LightningModule):
         num_classes: int,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> None:
         super().__init__()
+        self.automatic_optimization = False
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -57,6 +72,7 @@ class Classifier(L.LightningModule):
             "_nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False
         )
         self._epoch_start = 0.0
+        self.monitor: str | None = None  # the metric a plateau schedule watches
         self.channels_last = False
         self._base_seed = torch.initial_seed()  # the run's seed (seed_everything came first)
 
@@ -65,19 +81,38 @@ class Classifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self._loss_sum += loss.detach() * len(y)
-        self._seen += len(y)
-        self._nonfinite_steps += ~torch.isfinite(loss)
+    def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> Tensor:
+        """One optimizer step per batch in `batch`; returns the last step's loss (which
+        Lightning's LR finder reads)."""
+        optimizer = cast(LightningOptimizer, self.optimizers())
+        schedules = [c for c in self.trainer.lr_scheduler_configs if c.interval == "step"]
+        loss = torch.zeros(())
+        max_steps = self.trainer.max_steps  # counts optimizer steps (fast_dev_run sets it)
+        for x, y in batch if isinstance(batch, list) else [batch]:
+            if 0 < max_steps <= self.global_step:
+                break
+            # The rate this step uses, whatever the schedule's interval.
+            self.lr_history.append(optimizer.param_groups[0]["lr"])
+            loss = F.cross_entropy(self(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+            for config in schedules:
+                config.scheduler.step()  # type: ignore[call-arg]
+            loss = loss.detach()
+            self._loss_sum += loss * len(y)
+            self._seen += len(y)
+            self._nonfinite_steps += ~torch.isfinite(loss)
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            self._step_epoch_schedules(plateau=False)
         return loss
 
-    def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
-        # Before the step: the rate this step uses, whatever the schedule's interval.
-        self.lr_history.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        # Here, not before optimizer.step(): under 16-mixed the gradients are unscaled now.
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
         self.val_acc.update(logits, y)
@@ -115,6 +150,9 @@ class Classifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         # Lightning runs the epoch's validation before this hook, so this is train + val.
         self.log("epoch_time", time.perf_counter() - self._epoch_start)
+        # Not on the epoch a resumed run restarts at: its metrics are gone (as Lightning).
+        if not self.trainer.fit_loop.restarting:
+            self._step_epoch_schedules(plateau=True)
         self.log("train/loss", self._loss_sum / self._seen.clamp(min=1), sync_dist=True)
         nonfinite = int(self._nonfinite_steps)  # one sync per epoch
         for buffer in (self._loss_sum, self._seen, self._nonfinite_steps):
@@ -124,6 +162,26 @@ class Classifier(L.LightningModule):
                 f"diverged: train/loss was not finite in {nonfinite} steps "
                 f"of epoch {self.current_epoch}"
             )
+
+    def _step_epoch_schedules(self, plateau: bool) -> None:
+        """Step the schedules of interval "epoch" where Lightning does for a module it
+        optimises: the others after the epoch's last batch (before validation, so that the
+        epoch's checkpoint holds them stepped), a plateau schedule after the epoch, with the
+        metric it monitors."""
+        for config in self.trainer.lr_scheduler_configs:
+            on_plateau = isinstance(config.scheduler, ReduceLROnPlateau)
+            if config.interval != "epoch" or plateau != on_plateau:
+                continue
+            if not plateau:
+                config.scheduler.step()  # type: ignore[call-arg]
+                continue
+            metric = self.trainer.callback_metrics.get(self.monitor or "")
+            if metric is None:
+                known = ", ".join(sorted(self.trainer.callback_metrics))
+                raise MisconfigurationException(
+                    f"scheduler.monitor={self.monitor!r} was not logged; logged: {known}"
+                )
+            config.scheduler.step(float(metric))  # type: ignore[arg-type]
 
     def on_fit_start(self) -> None:
         if self.trainer.ckpt_path is None:  # a resumed run has its best from the checkpoint
@@ -136,11 +194,23 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = self.optimizer_factory(self.parameters())
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": self.scheduler_factory(optimizer, total_steps=total_steps),
-        }
+        schedule = self.scheduler_factory(optimizer, total_steps=self._total_steps())
+        # Kept here: Lightning drops (with a warning) what a hand-optimised module must read.
+        self.monitor = schedule.pop("monitor", None)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def _total_steps(self) -> int:
+        """Optimizer steps in the whole run, which a per-step schedule spans. Lightning
+        counts training batches; the data module says how many steps they hold."""
+        trainer = self.trainer
+        batches = int(trainer.estimated_stepping_batches)  # sets num_training_batches
+        datamodule = getattr(trainer, "datamodule", None)
+        optimizer_steps = getattr(datamodule, "optimizer_steps", None)
+        if optimizer_steps is None or trainer.max_epochs in (None, -1):
+            return batches  # max_steps sets it
+        steps = optimizer_steps(int(trainer.num_training_batches))
+        total = steps * trainer.max_epochs
+        return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
 
 
 def count_parameters(module: nn.Module) -> int:

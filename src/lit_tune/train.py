@@ -83,7 +83,9 @@ def _train(cfg: DictConfig) -> float | list[float]:
         trial_optimizer = optimizer(net.parameters())
     with _config_errors("scheduler"):
         scheduler(trial_optimizer, total_steps=100)
-    module = Classifier(net, datamodule.num_classes, optimizer, scheduler)
+    # The module clips gradients itself (it optimises by hand, which Lightning does not clip).
+    clip = cfg.trainer.get("gradient_clip_val"), cfg.trainer.get("gradient_clip_algorithm")
+    module = Classifier(net, datamodule.num_classes, optimizer, scheduler, *clip)
     logger = _build(cfg, "logger") if cfg.logger else False
     callbacks = [_build(cfg, f"callbacks.{name}") for name in cfg.callbacks or {}]
     if not logger:  # Lightning refuses an LR monitor with nowhere to log to
@@ -96,7 +98,12 @@ def _train(cfg: DictConfig) -> float | list[float]:
         callbacks.append(pruning)
     callbacks.append(tracking.ResultPlots())
     trainer: L.Trainer = _build(
-        cfg, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()]
+        cfg,
+        "trainer",
+        callbacks=callbacks,
+        logger=logger,
+        plugins=[AtomicCheckpointIO()],
+        gradient_clip_val=None,
     )
     _check_launcher(cfg, trainer)
     tracking.nest(trainer.loggers, sweep)

@@ -35,7 +35,7 @@ def find(
     batch size comes first: the best learning rate depends on it."""
     if not (cfg.tune.scale_batch_size or cfg.tune.lr_find):
         return {}
-    with _steps_only(trainer):
+    with _steps_only(trainer, datamodule):
         found = _run_finders(cfg, trainer, module, datamodule)
     for key, (configured, value) in found.items():
         if value is None:
@@ -93,17 +93,21 @@ def steepest_descent(lrs: list[float], losses: list[float]) -> float | None:
 
 
 @contextmanager
-def _steps_only(trainer: L.Trainer) -> Iterator[None]:
+def _steps_only(trainer: L.Trainer, datamodule: L.LightningDataModule) -> Iterator[None]:
     """The finders count steps. The run's max_epochs would cut the LR range test short (100
-    steps are 5 epochs of digits) and its min_epochs would run it on past a diverging loss."""
+    steps are 5 epochs of digits) and its min_epochs would run it on past a diverging loss.
+    They also read one loss per batch: so one step per batch (data.steps_per_execution)."""
     loop = trainer.fit_loop
     epochs = loop.min_epochs, loop.max_epochs
+    steps = getattr(datamodule, "steps_per_execution", 1)
     # Not -1 (no limit): configure_optimizers sizes the schedule from a finite step count.
     loop.min_epochs, loop.max_epochs = 0, 10**6
+    datamodule.steps_per_execution = 1  # type: ignore[attr-defined]
     try:
         yield
     finally:
         loop.min_epochs, loop.max_epochs = epochs
+        datamodule.steps_per_execution = steps  # type: ignore[attr-defined]
 
 
 @rank_zero_only  # under DDP every rank tunes (with the same result); one records
