@@ -117,3 +117,30 @@ def test_gradients_are_clipped_by_the_module():
     assert float(free.norm()) > 0.1 and float(free.abs().max()) > 0.01
     assert float(one_step_moves(1e-3, "norm").norm()) == pytest.approx(1e-3, rel=1e-4)
     assert float(one_step_moves(1e-3, "value").abs().max()) == pytest.approx(1e-3, rel=1e-4)
+
+
+class CountBackward(L.Callback):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.calls += 1
+
+
+def test_a_callback_on_the_backward_hooks_is_called_every_step():
+    """Without such a callback the module calls loss.backward() itself, skipping the hooks'
+    dispatch; with one, Lightning's backward runs and calls it."""
+    L.seed_everything(0)
+    dm = Digits(batch_size=64, val_fraction=0.15, test_fraction=0.15, seed=0, steps_per_execution=4)
+    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden_layers=1, width=16)
+    module = Classifier(net, 10, functools.partial(torch.optim.SGD, lr=0.1), no_schedule)
+    counter = CountBackward()
+    trainer = bare_trainer(max_epochs=2)
+    trainer.callbacks.append(counter)
+    trainer.fit(module, datamodule=dm)
+    assert not module._plain_backward
+    assert counter.calls == trainer.global_step == 2 * 21
+    plain = Classifier(net, 10, functools.partial(torch.optim.SGD, lr=0.1), no_schedule)
+    bare = bare_trainer(max_epochs=1)
+    bare.fit(plain, datamodule=dm)
+    assert plain._plain_backward

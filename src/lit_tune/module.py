@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import cast
@@ -10,6 +11,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.plugins import MixedPrecision, Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.types import LRSchedulerConfigType, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
@@ -34,8 +37,6 @@ class Classifier(L.LightningModule):
     module that optimises by hand."""
 
     _loss_sum: Tensor
-    _seen: Tensor
-    _nonfinite_steps: Tensor
 
     def __init__(
         self,
@@ -65,14 +66,13 @@ class Classifier(L.LightningModule):
         self.confusion: Tensor | None = None
         self.lr_history: list[float] = []  # a Python float per step: no device sync
         # Summed on the device, read once per epoch. A self.log per training step would cost
-        # about 1 ms of Lightning bookkeeping each (docs/benchmarks.md); this costs two adds.
-        for name, dtype in [("_loss_sum", torch.float32), ("_seen", torch.long)]:
-            self.register_buffer(name, torch.zeros((), dtype=dtype), persistent=False)
-        self.register_buffer(
-            "_nonfinite_steps", torch.zeros((), dtype=torch.long), persistent=False
-        )
+        # about 1 ms of Lightning bookkeeping each (docs/benchmarks.md); this costs one add.
+        # A step whose loss is not finite leaves the sum not finite: the epoch end sees it.
+        self.register_buffer("_loss_sum", torch.zeros(()), persistent=False)
+        self._seen = 0
         self._epoch_start = 0.0
         self.monitor: str | None = None  # the metric a plateau schedule watches
+        self._plain_backward = False
         self.channels_last = False
         self._base_seed = torch.initial_seed()  # the run's seed (seed_everything came first)
 
@@ -95,14 +95,16 @@ class Classifier(L.LightningModule):
             self.lr_history.append(optimizer.param_groups[0]["lr"])
             loss = F.cross_entropy(self(x), y)
             optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
+            if self._plain_backward:
+                loss.backward()
+            else:
+                self.manual_backward(loss)
             optimizer.step()
             for config in schedules:
                 config.scheduler.step()  # type: ignore[call-arg]
             loss = loss.detach()
-            self._loss_sum += loss * len(y)
+            self._loss_sum.add_(loss, alpha=len(y))
             self._seen += len(y)
-            self._nonfinite_steps += ~torch.isfinite(loss)
         if batch_idx + 1 == self.trainer.num_training_batches:
             self._step_epoch_schedules(plateau=False)
         return loss
@@ -153,14 +155,13 @@ class Classifier(L.LightningModule):
         # Not on the epoch a resumed run restarts at: its metrics are gone (as Lightning).
         if not self.trainer.fit_loop.restarting:
             self._step_epoch_schedules(plateau=True)
-        self.log("train/loss", self._loss_sum / self._seen.clamp(min=1), sync_dist=True)
-        nonfinite = int(self._nonfinite_steps)  # one sync per epoch
-        for buffer in (self._loss_sum, self._seen, self._nonfinite_steps):
-            buffer.zero_()
-        if nonfinite:
+        loss = self._loss_sum / max(self._seen, 1)
+        self.log("train/loss", loss, sync_dist=True)
+        self._loss_sum.zero_()
+        self._seen = 0
+        if not math.isfinite(loss):  # one sync per epoch
             raise FloatingPointError(
-                f"diverged: train/loss was not finite in {nonfinite} steps "
-                f"of epoch {self.current_epoch}"
+                f"diverged: train/loss was {float(loss)} in epoch {self.current_epoch}"
             )
 
     def _step_epoch_schedules(self, plateau: bool) -> None:
@@ -182,6 +183,29 @@ class Classifier(L.LightningModule):
                     f"scheduler.monitor={self.monitor!r} was not logged; logged: {known}"
                 )
             config.scheduler.step(float(metric))  # type: ignore[arg-type]
+
+    def on_train_start(self) -> None:
+        self._plain_backward = self._backward_is_plain()
+
+    def _backward_is_plain(self) -> bool:
+        """Whether Lightning's backward does no more than loss.backward() in this run: one
+        device (no DDP reducer to prepare), no gradient scaling (16-mixed has it) and nobody
+        overriding the hooks around it. Its calls of those hooks (every callback's, twice a
+        step) then only cost time: about 0.3 ms a step on our CPU (docs/benchmarks.md)."""
+        trainer = self.trainer
+        plugin = trainer.precision_plugin
+        unscaled = type(plugin) is Precision or (
+            type(plugin) is MixedPrecision and plugin.scaler is None
+        )
+        hooks = ["on_before_backward", "on_after_backward"]
+        callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]
+        return (
+            type(trainer.strategy) is SingleDeviceStrategy
+            and unscaled
+            and type(self).backward is L.LightningModule.backward
+            and all(getattr(type(self), h) is getattr(L.LightningModule, h) for h in hooks)
+            and all(getattr(type(c), h) is getattr(L.Callback, h) for c in callbacks for h in hooks)
+        )
 
     def on_fit_start(self) -> None:
         if self.trainer.ckpt_path is None:  # a resumed run has its best from the checkpoint
