@@ -33,7 +33,7 @@ SWEEP = [
 ]
 # Where the fault hits: the N-th time the process reaches the point (see tests/faults/).
 POINTS = {
-    "batch": 30,  # a training batch inside a trial
+    "batch": 5,  # a training batch (of 8 steps) inside the first trial, in its second epoch
     "between": 1,  # after the first trial's result was told, before the next trial
     "checkpoint": 2,  # while the second checkpoint file is written
     "mlflow": 8,  # while MLflow writes the eighth batch of metrics
