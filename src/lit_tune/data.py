@@ -14,8 +14,8 @@ sees the batches an uninterrupted run would have seen, on any device.
 Training batches come `steps_per_execution` at a time (Keras's name for it): the loader serves
 that many batches' examples in one piece and `on_after_batch_transfer` cuts it into a list of
 batches, each one optimizer step of the module. Lightning's bookkeeping (hooks, callbacks,
-progress) then runs once per piece, not once per step: about 1 ms a step on a CPU
-(docs/benchmarks.md). The batches and their order are those of `steps_per_execution=1`.
+progress) then runs once per piece, not once per step: it costs about 1 ms a batch on our
+CPU (docs/benchmarks.md). The batches and their order are those of `steps_per_execution=1`.
 """
 
 from __future__ import annotations
