@@ -161,7 +161,7 @@ class Classifier(L.LightningModule):
         self._seen = 0
         if not math.isfinite(loss):  # one sync per epoch
             raise FloatingPointError(
-                f"diverged: train/loss was {float(loss)} in epoch {self.current_epoch}"
+                f"diverged: train/loss was not finite ({float(loss)}) in epoch {self.current_epoch}"
             )
 
     def _step_epoch_schedules(self, plateau: bool) -> None:
