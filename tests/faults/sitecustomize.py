@@ -3,10 +3,10 @@ PYTHONPATH. LIT_TUNE_FAULT=POINT:SIGNAL:N sends SIGNAL the N-th time this proces
 POINT, and nothing is changed without it.
 
 Points: `batch` (a training batch as Lightning counts them, inside a trial), `between` (just
-after the sweeper told Optuna a trial's result), `checkpoint` (while a checkpoint file is written: with KILL the
-process dies with half the file written), `mlflow` (while MLflow writes metrics: after
-its SQL insert, before the commit). SIGINT goes to the process group, as Ctrl-C does; TERM
-to this process, as `kill PID` does; KILL to the group.
+after the sweeper told Optuna a trial's result), `checkpoint` (while a checkpoint file is
+written: with KILL the process dies with half the file written), `mlflow` (while MLflow writes
+metrics: after its SQL insert, before the commit). SIGINT goes to the process group, as Ctrl-C
+does; TERM to this process, as `kill PID` does; KILL to the group.
 """
 
 from __future__ import annotations
