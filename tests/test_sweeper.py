@@ -115,6 +115,7 @@ def test_diverging_trials_fail_and_the_sweep_goes_on(tmp_path: Path):
     assert len(study.trials) == 4 and len(failed) == 2
     assert all(t.params["optimizer.lr"] == 1e8 for t in failed)
     assert all("not finite" in t.user_attrs["fail_reason"] for t in failed)
+    assert all(t.user_attrs["diverged"] is True for t in failed)  # the sampler sees them
     _, children = mlflow_runs(tmp_path, "nan")
     for trial in failed:
         (run,) = children[trial.number]

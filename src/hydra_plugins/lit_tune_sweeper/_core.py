@@ -35,6 +35,7 @@ from lit_tune.signals import STOP, interrupt_on_sigterm, stop_signal, stopped_by
 from lit_tune.trial import STOP_ATTR, check_parallel_sqlite, mask, open_storage
 
 from . import _launchers
+from ._diverged import DIVERGED, SeesDiverged
 from ._refine import refined_params
 from ._report import ParentRun
 
@@ -183,6 +184,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         ):
             # A resumed (or shared) study must not replay the random draws its first run made.
             study.sampler = self.sampler = self._build_sampler(seed=self._seed + len(study.trials))
+        study.sampler = SeesDiverged(study.sampler)
         stored = [d.name.lower() for d in study.directions]
         if stored != [d.lower() for d in directions]:
             raise ConfigError(
@@ -268,13 +270,15 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                     f"got {len(values)} objective values for {len(study.directions)} directions"
                 )
             elif not all(math.isfinite(v) for v in values):
-                error = ValueError(f"objective is not finite: {values}")
+                error = FloatingPointError(f"objective is not finite: {values}")
         if isinstance(error, optuna.TrialPruned):
             study.tell(trial, state=TrialState.PRUNED)
             return TrialState.PRUNED
         if error is not None:
             reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
             trial.set_user_attr(FAIL_REASON, reason)
+            if isinstance(error, FloatingPointError):  # the sampler learns from it (_diverged)
+                trial.set_user_attr(DIVERGED, True)
             study.tell(trial, state=TrialState.FAIL)
             return TrialState.FAIL
         try:

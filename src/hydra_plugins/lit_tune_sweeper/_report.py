@@ -74,7 +74,7 @@ class ParentRun:
         sweeper = config.hydra.sweeper
         params: dict[str, Any] = {
             "study_name": name,
-            "sampler": type(study.sampler).__name__,
+            "sampler": type(getattr(study.sampler, "sampler", study.sampler)).__name__,
             "pruner": type(study.pruner).__name__,
             "directions": ",".join(d.name.lower() for d in study.directions),
             "n_trials": sweeper.n_trials,

@@ -1,0 +1,109 @@
+"""Diverged trials, shown to the sampler as bad results.
+
+A trial whose loss or objective was not finite is FAIL in Optuna and MLflow, with its reason.
+Optuna's samplers ignore FAIL trials (optuna/optuna#5664), so TPE never learns that a region
+diverges: where its good trials lie next to one (SGD with momentum at lr 0.5-1, say), it keeps
+proposing it, since that region holds none of the trials it sees. One benchmark sweep lost 21
+of 22 trials that way and stopped at `max_failure_rate` (docs/benchmarks.md).
+
+`SeesDiverged` wraps the configured sampler. When it samples, the sampler sees each diverged
+trial as PRUNED before its first report: the worst kind of trial TPE knows, which it counts
+among the bad ones. Everything else (the study, its plots, MLflow) still sees FAIL.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Container, Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+DIVERGED = "diverged"  # user attr (true) of a FAIL trial whose loss or objective was not finite
+
+
+class _StudyView:
+    """The study as the sampler sees it: diverged FAIL trials are PRUNED."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        asked = states
+        if states is not None and TrialState.PRUNED in states:
+            asked = (*[s for s in TrialState if s in states], TrialState.FAIL)
+        shown = []
+        for trial in self._study._get_trials(deepcopy=deepcopy, states=asked, use_cache=use_cache):
+            if trial.state == TrialState.FAIL and trial.user_attrs.get(DIVERGED):
+                trial = copy.copy(trial)
+                trial.state = TrialState.PRUNED
+            if states is None or trial.state in states:
+                shown.append(trial)
+        return shown
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+class SeesDiverged(BaseSampler):
+    """`sampler`, sampling as if each diverged trial had been pruned (see the module)."""
+
+    def __init__(self, sampler: BaseSampler) -> None:
+        self.sampler = sampler
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        view: Any = _StudyView(study)
+        return self.sampler.infer_relative_search_space(view, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        view: Any = _StudyView(study)
+        return self.sampler.sample_relative(view, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        view: Any = _StudyView(study)
+        return self.sampler.sample_independent(view, trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        view: Any = _StudyView(study)
+        self.sampler.before_trial(view, trial)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        self.sampler.after_trial(
+            study, trial, state, values
+        )  # the real study: GridSampler stops it
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()
