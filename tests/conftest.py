@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from hydra_plugins.lit_tune_sweeper._core import counts
+from hydra_plugins.lit_tune_sweeper._study import counts
 from lit_tune.trial import open_storage
 
 # Ctrl-C reaches our subprocesses as in a terminal, also where a shell started the tests in

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from test_sweeper import assert_optuna_and_mlflow_agree, load, mlflow_runs
 
-from hydra_plugins.lit_tune_sweeper._core import counts
+from hydra_plugins.lit_tune_sweeper._study import counts
 
 pytestmark = pytest.mark.slow
 N_TRIALS = 3

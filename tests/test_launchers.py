@@ -20,8 +20,8 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from hydra_plugins.lit_tune_sweeper._core import counts
 from hydra_plugins.lit_tune_sweeper._launchers import gpu_override, gpus_to_share
+from hydra_plugins.lit_tune_sweeper._study import counts
 from lit_tune.trial import sqlite_lock
 
 # A local Ray head for this sweep only, light: two CPUs, no dashboard, the trials' output in

@@ -19,7 +19,7 @@ from conftest import cli, cli_env, make_command
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from hydra_plugins.lit_tune_sweeper._core import counts
+from hydra_plugins.lit_tune_sweeper._study import counts
 from lit_tune.tracking import RUN_STATUS
 from lit_tune.trial import open_storage
 

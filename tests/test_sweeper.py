@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from hydra_plugins.lit_tune_sweeper._core import counts
+from hydra_plugins.lit_tune_sweeper._study import counts
 from lit_tune.trial import sqlite_lock
 
 pytestmark = pytest.mark.slow

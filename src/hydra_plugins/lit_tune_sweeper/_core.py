@@ -27,7 +27,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import (
 )
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from optuna.distributions import BaseDistribution
-from optuna.storages import RetryFailedTrialCallback, fail_stale_trials
+from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from lit_tune.config import ConfigError, SweepError, first_line
@@ -35,23 +35,12 @@ from lit_tune.signals import STOP, interrupt_on_sigterm, stop_signal, stopped_by
 from lit_tune.trial import STOP_ATTR, check_parallel_sqlite, mask, open_storage
 
 from . import _launchers
-from ._diverged import DIVERGED, SeesDiverged
+from ._diverged import SeesDiverged
 from ._refine import refined_params
 from ._report import ParentRun
+from ._study import FAIL_REASON, INTERRUPTED, ask, budget_used, log_progress, tell, write_results
 
 log = logging.getLogger(__name__)
-
-FAIL_REASON = "fail_reason"  # user attr of a trial that failed on its own (counts)
-INTERRUPTED = "interrupted"  # user attr of a trial stopped by a signal (re-queued, not counted)
-SKIPPED = "skipped"  # user attr of a trial asked beyond the budget by a racing worker
-
-
-def counts(trial: FrozenTrial) -> bool:
-    """Whether a finished trial used up budget: a stale trial failed by the heartbeat
-    (re-queued instead) or a skipped one did not."""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and FAIL_REASON in trial.user_attrs
 
 
 class LitTuneSweeperImpl(OptunaSweeperImpl):
@@ -221,72 +210,11 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
         return distributions, fixed, fixed_overrides
 
-    # -- the budget --------------------------------------------------------------------------
-
-    def _budget_used(self, study: optuna.Study) -> tuple[int, int, int]:
-        """(trials that count, trials running anywhere, failures that count)."""
-        trials = study.get_trials(deepcopy=False)
-        done = sum(counts(t) for t in trials)
-        running = sum(t.state == TrialState.RUNNING for t in trials)
-        failed = sum(counts(t) and t.state == TrialState.FAIL for t in trials)
-        return done, running, failed
-
-    def _ask(self, study: optuna.Study) -> optuna.Trial | None:
-        """A new trial if the budget allows one, else None. Several processes may share the
-        study: the trial's number decides, and one asked beyond the budget is closed."""
-        fail_stale_trials(study)
-        done, running, _ = self._budget_used(study)
-        if done + running >= self.n_trials:
-            return None
-        trial = study.ask()
-        # A first beat now, not after heartbeat_interval: a trial whose sweep dies before it
-        # has one is never found stale, and every later sweep would wait for it.
-        study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
-        earlier = [
-            t
-            for t in study.get_trials(deepcopy=False)
-            if t.number < trial.number and (counts(t) or t.state == TrialState.RUNNING)
-        ]
-        if len(earlier) < self.n_trials:
-            return trial
-        study._storage.set_trial_user_attr(trial._trial_id, SKIPPED, "over budget")
-        study.tell(trial, state=TrialState.FAIL)
-        return None
-
     # -- one trial ---------------------------------------------------------------------------
 
     def _launch(self, overrides: Sequence[str], number: int) -> JobReturn:
         assert self.launcher is not None
         return self.launcher.launch([overrides], initial_job_idx=number)[0]
-
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn) -> TrialState:
-        error = ret._return_value if ret.status == JobStatus.FAILED else None
-        values: list[float] | None = None
-        if error is None:
-            raw = ret.return_value
-            values = [float(v) for v in (raw if isinstance(raw, list | tuple) else [raw])]
-            if len(values) != len(study.directions):
-                error = ValueError(
-                    f"got {len(values)} objective values for {len(study.directions)} directions"
-                )
-            elif not all(math.isfinite(v) for v in values):
-                error = FloatingPointError(f"objective is not finite: {values}")
-        if isinstance(error, optuna.TrialPruned):
-            study.tell(trial, state=TrialState.PRUNED)
-            return TrialState.PRUNED
-        if error is not None:
-            reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
-            trial.set_user_attr(FAIL_REASON, reason)
-            if isinstance(error, FloatingPointError):  # the sampler learns from it (_diverged)
-                trial.set_user_attr(DIVERGED, True)
-            study.tell(trial, state=TrialState.FAIL)
-            return TrialState.FAIL
-        try:
-            study.tell(trial, values=values)
-        except RuntimeError as grid_done:  # GridSampler calls Study.stop() after the last point
-            if "Study.stop" not in str(grid_done):
-                raise
-        return TrialState.COMPLETE
 
     # -- the sweep ---------------------------------------------------------------------------
 
@@ -339,7 +267,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             )
             raise
         finally:
-            self._write_results(study)
+            write_results(study, str(self.cfg.hydra.sweep.dir))
             if parent is not None:
                 parent.close(study, status)
 
@@ -384,7 +312,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                     raise
         finally:
             stop.set()
-        _, _, failed = self._budget_used(study)
+        _, _, failed = budget_used(study)
         if failed > self.max_failure_rate * self.n_trials:
             first = next(t for t in study.trials if FAIL_REASON in t.user_attrs)
             raise SweepError(
@@ -411,7 +339,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         gpus = _launchers.gpus_to_share(self.launcher, self.cfg)
         while True:
             while len(running) < slots and not too_many_failures:
-                trial = self._ask(study)
+                trial = ask(study, self.n_trials)
                 if trial is None:
                     break
                 (overrides,) = self._configure_trials(
@@ -423,7 +351,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                     future = pool.submit(self._launch, overrides, trial.number)
                     running[future], taken[future] = trial, slot
             if not running:
-                done, others, _ = self._budget_used(study)
+                done, others, _ = budget_used(study)
                 if too_many_failures or not others or done >= self.n_trials:
                     return
                 time.sleep(self.heartbeat_interval)  # another worker's trials, or stale
@@ -435,9 +363,9 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 with self.lock:
                     trial = running.pop(future)
                 free.append(taken.pop(future))
-                state = self._tell(study, trial, _launchers.job_return(future))
-                self._progress(study, trial, state, started)
-            _, _, failed = self._budget_used(study)
+                state = tell(study, trial, _launchers.job_return(future))
+                log_progress(study, trial, state, self.n_trials, started)
+            _, _, failed = budget_used(study)
             too_many_failures = failed > self.max_failure_rate * self.n_trials
 
     def _stop_running(
@@ -461,7 +389,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         for future, trial in running.items():
             ret = _launchers.job_return(future)
             if ret.status == JobStatus.COMPLETED:
-                self._tell(study, trial, ret)
+                tell(study, trial, ret)
                 continue
             params = trial.params
             trial.set_user_attr(INTERRUPTED, stopped_by())
@@ -485,53 +413,6 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                     storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
                 except Exception as error:  # a missed beat must not end the sweep
                     log.debug("heartbeat failed: %s", error)
-
-    def _progress(
-        self, study: optuna.Study, trial: optuna.Trial, state: TrialState, started: float
-    ) -> None:
-        done, _, _ = self._budget_used(study)
-        frozen = study._storage.get_trial(trial._trial_id)
-        if state == TrialState.FAIL:
-            outcome = f"FAIL ({frozen.user_attrs.get(FAIL_REASON, '?')})"
-        else:
-            outcome = f"{state.name} {', '.join(f'{v:.4g}' for v in frozen.values or [])}"
-        try:
-            best = (
-                f"{study.best_value:.4g}"
-                if len(study.directions) == 1
-                else f"{len(study.best_trials)} on the Pareto front"
-            )
-        except ValueError:
-            best = "-"
-        elapsed = time.monotonic() - started
-        remaining = elapsed / max(done, 1) * max(self.n_trials - done, 0)
-        log.info(
-            "trial %d (%d/%d done): %s; best %s; %.0fs elapsed, about %.0fs to go",
-            trial.number,
-            done,
-            self.n_trials,
-            outcome,
-            best,
-            elapsed,
-            remaining,
-        )
-
-    def _write_results(self, study: optuna.Study) -> None:
-        results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name}
-        try:
-            if len(study.directions) == 1:
-                results |= {"best_params": study.best_trial.params, "best_value": study.best_value}
-            else:
-                results["solutions"] = [
-                    {"params": t.params, "values": t.values} for t in study.best_trials
-                ]
-        except ValueError:
-            results["best_params"] = None  # no trial completed
-        Path(str(self.cfg.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(
-            OmegaConf.create(results), f"{self.cfg.hydra.sweep.dir}/optimization_results.yaml"
-        )
-        log.info("Results: %s/optimization_results.yaml", self.cfg.hydra.sweep.dir)
 
 
 def _quote(value: str) -> str:

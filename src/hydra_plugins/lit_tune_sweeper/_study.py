@@ -1,0 +1,148 @@
+"""The study's side of a sweep: what counts against the budget, asking for a trial within it,
+telling a trial's outcome, the progress line and the results file.
+
+Several sweeps may share one study, so everything here reads the budget from the study itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from ._diverged import DIVERGED
+
+log = logging.getLogger(__name__)
+
+FAIL_REASON = "fail_reason"  # user attr of a trial that failed on its own (counts)
+INTERRUPTED = "interrupted"  # user attr of a trial stopped by a signal (re-queued, not counted)
+SKIPPED = "skipped"  # user attr of a trial asked beyond the budget by a racing worker
+
+
+def counts(trial: FrozenTrial) -> bool:
+    """Whether a finished trial used up budget: a stale trial failed by the heartbeat
+    (re-queued instead) or a skipped one did not."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and FAIL_REASON in trial.user_attrs
+
+
+def budget_used(study: optuna.Study) -> tuple[int, int, int]:
+    """(trials that count, trials running anywhere, failures that count)."""
+    trials = study.get_trials(deepcopy=False)
+    done = sum(counts(t) for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    failed = sum(counts(t) and t.state == TrialState.FAIL for t in trials)
+    return done, running, failed
+
+
+def ask(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
+    """A new trial if the budget of `n_trials` allows one, else None. Several processes may
+    share the study: the trial's number decides, and one asked beyond the budget is closed."""
+    optuna.storages.fail_stale_trials(study)
+    done, running, _ = budget_used(study)
+    if done + running >= n_trials:
+        return None
+    trial = study.ask()
+    # A first beat now, not after heartbeat_interval: a trial whose sweep dies before it
+    # has one is never found stale, and every later sweep would wait for it.
+    study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    earlier = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.number < trial.number and (counts(t) or t.state == TrialState.RUNNING)
+    ]
+    if len(earlier) < n_trials:
+        return trial
+    study._storage.set_trial_user_attr(trial._trial_id, SKIPPED, "over budget")
+    study.tell(trial, state=TrialState.FAIL)
+    return None
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, ret: JobReturn) -> TrialState:
+    """Record the job's outcome in the study and return the trial's state: PRUNED, FAIL (with
+    its reason; a non-finite result also marked diverged) or COMPLETE."""
+    error = ret._return_value if ret.status == JobStatus.FAILED else None
+    values: list[float] | None = None
+    if error is None:
+        raw = ret.return_value
+        values = [float(v) for v in (raw if isinstance(raw, list | tuple) else [raw])]
+        if len(values) != len(study.directions):
+            error = ValueError(
+                f"got {len(values)} objective values for {len(study.directions)} directions"
+            )
+        elif not all(math.isfinite(v) for v in values):
+            error = FloatingPointError(f"objective is not finite: {values}")
+    if isinstance(error, optuna.TrialPruned):
+        study.tell(trial, state=TrialState.PRUNED)
+        return TrialState.PRUNED
+    if error is not None:
+        reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+        trial.set_user_attr(FAIL_REASON, reason)
+        if isinstance(error, FloatingPointError):  # the sampler learns from it (_diverged)
+            trial.set_user_attr(DIVERGED, True)
+        study.tell(trial, state=TrialState.FAIL)
+        return TrialState.FAIL
+    try:
+        study.tell(trial, values=values)
+    except RuntimeError as grid_done:  # GridSampler calls Study.stop() after the last point
+        if "Study.stop" not in str(grid_done):
+            raise
+    return TrialState.COMPLETE
+
+
+def log_progress(
+    study: optuna.Study, trial: optuna.Trial, state: TrialState, n_trials: int, started: float
+) -> None:
+    """Log one line: the trial's outcome, the budget used, the best so far, time to go."""
+    done, _, _ = budget_used(study)
+    frozen = study._storage.get_trial(trial._trial_id)
+    if state == TrialState.FAIL:
+        outcome = f"FAIL ({frozen.user_attrs.get(FAIL_REASON, '?')})"
+    else:
+        outcome = f"{state.name} {', '.join(f'{v:.4g}' for v in frozen.values or [])}"
+    try:
+        best = (
+            f"{study.best_value:.4g}"
+            if len(study.directions) == 1
+            else f"{len(study.best_trials)} on the Pareto front"
+        )
+    except ValueError:
+        best = "-"
+    elapsed = time.monotonic() - started
+    remaining = elapsed / max(done, 1) * max(n_trials - done, 0)
+    log.info(
+        "trial %d (%d/%d done): %s; best %s; %.0fs elapsed, about %.0fs to go",
+        trial.number,
+        done,
+        n_trials,
+        outcome,
+        best,
+        elapsed,
+        remaining,
+    )
+
+
+def write_results(study: optuna.Study, sweep_dir: str) -> None:
+    """`optimization_results.yaml` in `sweep_dir`, as the stock sweeper writes it: the best
+    params and value, or the Pareto front of a multi-objective study."""
+    results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name}
+    try:
+        if len(study.directions) == 1:
+            results |= {"best_params": study.best_trial.params, "best_value": study.best_value}
+        else:
+            results["solutions"] = [
+                {"params": t.params, "values": t.values} for t in study.best_trials
+            ]
+    except ValueError:
+        results["best_params"] = None  # no trial completed
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(results), f"{sweep_dir}/optimization_results.yaml")
+    log.info("Results: %s/optimization_results.yaml", sweep_dir)
