@@ -2,8 +2,8 @@
 
 Reports, for each seed and arm, the epochs trained over all trials, the best val/acc and the
 best trial's test/acc (bench/results/pruning-<trials>x<epochs>x<fraction>-seed<S>.json), and
-each pruned arm pooled over the seeds (...-seeds<S-S-...>.json). A seed whose JSON exists with
-the same settings is read back, not run again.
+each pruned arm pooled over the seeds (...-seeds<S-S-...>.json). An arm already in a seed's
+JSON (same budget, seed and overrides) is read back, not run again.
 Usage: python bench/pruning.py --data-dir ../shared/data [--trials 20 --epochs 10 --seeds 0 1]
 """
 
@@ -84,43 +84,41 @@ def results(workdir: Path, name: str) -> dict:
     }
 
 
-SETTINGS = ("trials", "epochs", "train_fraction", "hyperband", "variant")  # same -> reusable
+BUDGET = ("trials", "epochs", "train_fraction")  # with the seed: which sweeps compare
 
 
 def one_seed(args: argparse.Namespace, seed: int, workdir: Path) -> dict:
-    """The unpruned arm and each pruned arm on `seed`; read back from its JSON when a run with
-    the same settings wrote it (a long benchmark resumes seed by seed)."""
+    """The unpruned arm and the pruned arms asked for, on `seed`. An arm already measured on
+    the same budget and seed is read back from the seed's JSON, so a long benchmark resumes
+    and a new pruned arm is compared with the unpruned sweep already run."""
     name = f"pruning-{args.trials}x{args.epochs}x{args.train_fraction:g}-seed{seed}"
-    if args.hyperband:
-        name += "-" + "-".join(o.rsplit(".", 1)[-1] for o in args.hyperband)
     out = ROOT / "bench" / "results" / f"{name}.json"
-    settings = {**{k: getattr(args, k) for k in SETTINGS}, "seed": seed}
-    if out.exists():
-        done = json.loads(out.read_text())
-        if all(done["settings"].get(k) == v for k, v in settings.items()):
-            print(f"seed {seed}: reusing {out.relative_to(ROOT)}")
-            return done
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    plain = sweep(workdir, f"bench-none-{stamp}", "none", args, seed, [])
-    arms = [args.hyperband, *(v.split() for v in args.variant)]
-    pruned = [
-        sweep(workdir, f"bench-hyperband{i or ''}-{stamp}", "hyperband", args, seed, extra)
-        for i, extra in enumerate(arms)
-    ]
-    for arm in pruned:
-        arm["epoch_ratio"] = arm["epochs_trained"] / plain["epochs_trained"]
-        arm["best_difference_points"] = 100 * (arm["best_val_acc"] - plain["best_val_acc"])
+    settings = {**{k: getattr(args, k) for k in BUDGET}, "seed": seed}
+    stored = json.loads(out.read_text()) if out.exists() else {}
+    same = all(stored.get("settings", {}).get(k) == v for k, v in settings.items())
+    runs: list[dict] = stored["runs"] if same else []
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    summary = {
-        "machine": f"{os.cpu_count()} CPU cores, OMP_NUM_THREADS={threads}",
-        "settings": settings,
-        "runs": [plain, *pruned],
-        "epoch_ratio": pruned[0]["epoch_ratio"],
-        "best_difference_points": pruned[0]["best_difference_points"],
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
-    return summary
+
+    def arm(pruner: str, extra: list[str]) -> dict:
+        for run in runs:
+            if run["pruner"] == pruner and run["overrides"] == extra:
+                print(f"seed {seed}, {pruner} {' '.join(extra)}: read back from {out.name}")
+                return dict(run)
+        study = f"bench-{pruner}-{time.strftime('%Y%m%d-%H%M%S')}"
+        runs.append(sweep(workdir, study, pruner, args, seed, extra))
+        machine = f"{os.cpu_count()} CPU cores, OMP_NUM_THREADS={threads}"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(
+            json.dumps({"machine": machine, "settings": settings, "runs": runs}, indent=2)
+        )
+        return dict(runs[-1])
+
+    plain = arm("none", [])
+    pruned = [arm("hyperband", extra) for extra in [args.hyperband, *map(str.split, args.variant)]]
+    for run in pruned:
+        run["epoch_ratio"] = run["epochs_trained"] / plain["epochs_trained"]
+        run["best_difference_points"] = 100 * (run["best_val_acc"] - plain["best_val_acc"])
+    return {"seed": seed, "runs": [plain, *pruned]}
 
 
 def pooled(seeds: list[dict]) -> list[dict]:
@@ -146,6 +144,31 @@ def pooled(seeds: list[dict]) -> list[dict]:
             }
         )
     return arms
+
+
+def table(seeds: list[dict], arms: list[dict]) -> str:
+    """The per-seed and pooled figures as a Markdown table (docs/benchmarks.md)."""
+    rows = [
+        "| seed | arm | pruned / failed | epochs (ratio) | best val/acc (Δ pt) | its test/acc |",
+        "|---|---|---|---|---|---|",
+    ]
+    for seed in seeds:
+        for run in seed["runs"]:
+            ratio = f" ({run['epoch_ratio']:.0%})" if "epoch_ratio" in run else ""
+            delta = f" ({run['best_difference_points']:+.2f})" if ratio else ""
+            rows.append(
+                f"| {seed['seed']} | {run['pruner']} {' '.join(run['overrides'])} "
+                f"| {run['pruned']} / {run['failed']} | {run['epochs_trained']}{ratio} "
+                f"| {run['best_val_acc']:.4f}{delta} | {run['best_trial_test_acc']:.4f} |"
+            )
+    for arm in arms:
+        rows.append(
+            f"| pooled | hyperband {' '.join(arm['overrides'])} | | {arm['epochs_trained']} of "
+            f"{arm['unpruned_epochs_trained']} ({arm['epoch_ratio']:.0%}) "
+            f"| mean {arm['mean_best_difference_points']:+.2f} "
+            f"| mean {arm['mean_best_trial_test_difference_points']:+.2f} |"
+        )
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -179,7 +202,7 @@ def main() -> None:
     seeds_text = "-".join(str(s) for s in args.seeds)
     out = ROOT / "bench" / "results" / f"{name}-seeds{seeds_text}.json"
     out.write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary["pooled"], indent=2))
+    print(table(seeds, summary["pooled"]))
     print(f"written: {out.relative_to(ROOT)}")
 
 
