@@ -87,6 +87,13 @@ def results(workdir: Path, name: str) -> dict:
 BUDGET = ("trials", "epochs", "train_fraction")  # with the seed: which sweeps compare
 
 
+def pruner_of(overrides: list[str]) -> tuple[str, list[str]]:
+    """(the arm's pruner, its other overrides): Hyperband unless hydra/sweeper/pruner= says."""
+    key = "hydra/sweeper/pruner="
+    named = [o.removeprefix(key) for o in overrides if o.startswith(key)]
+    return (named[-1] if named else "hyperband"), [o for o in overrides if not o.startswith(key)]
+
+
 def one_seed(args: argparse.Namespace, seed: int, workdir: Path) -> dict:
     """The unpruned arm and the pruned arms asked for, on `seed`. An arm already measured on
     the same budget and seed is read back from the seed's JSON, so a long benchmark resumes
@@ -114,7 +121,7 @@ def one_seed(args: argparse.Namespace, seed: int, workdir: Path) -> dict:
         return dict(runs[-1])
 
     plain = arm("none", [])
-    pruned = [arm("hyperband", extra) for extra in [args.hyperband, *map(str.split, args.variant)]]
+    pruned = [arm(*pruner_of(extra)) for extra in [args.hyperband, *map(str.split, args.variant)]]
     for run in pruned:
         run["epoch_ratio"] = run["epochs_trained"] / plain["epochs_trained"]
         run["best_difference_points"] = 100 * (run["best_val_acc"] - plain["best_val_acc"])
@@ -133,6 +140,7 @@ def pooled(seeds: list[dict]) -> list[dict]:
         epochs = sum(a["epochs_trained"] for _, a in pairs)
         arms.append(
             {
+                "pruner": pairs[0][1]["pruner"],
                 "overrides": pairs[0][1]["overrides"],
                 "epochs_trained": epochs,
                 "unpruned_epochs_trained": plain_epochs,
@@ -163,8 +171,9 @@ def table(seeds: list[dict], arms: list[dict]) -> str:
             )
     for arm in arms:
         rows.append(
-            f"| pooled | hyperband {' '.join(arm['overrides'])} | | {arm['epochs_trained']} of "
-            f"{arm['unpruned_epochs_trained']} ({arm['epoch_ratio']:.0%}) "
+            f"| pooled | {arm['pruner']} {' '.join(arm['overrides'])} | "
+            f"| {arm['epochs_trained']} of {arm['unpruned_epochs_trained']} "
+            f"({arm['epoch_ratio']:.0%}) "
             f"| mean {arm['mean_best_difference_points']:+.2f} "
             f"| mean {arm['mean_best_trial_test_difference_points']:+.2f} |"
         )
@@ -190,7 +199,8 @@ def main() -> None:
         "--variant",
         action="append",
         default=[],
-        help="another pruned arm against the same unpruned one: space-separated overrides",
+        help="another pruned arm against the same unpruned one: space-separated overrides "
+        "(hydra/sweeper/pruner=NAME for a pruner other than Hyperband)",
     )
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "results" / "pruning"))
     args = parser.parse_args()
