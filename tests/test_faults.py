@@ -34,6 +34,7 @@ SWEEP = [
 # Where the fault hits: the N-th time the process reaches the point (see tests/faults/).
 POINTS = {
     "batch": 5,  # a training batch (of 8 steps) inside the first trial, in its second epoch
+    "tell": 1,  # the first trial has ended (its MLflow run too), before Optuna is told
     "between": 1,  # after the first trial's result was told, before the next trial
     "checkpoint": 2,  # while the second checkpoint file is written
     "mlflow": 8,  # while MLflow writes the eighth batch of metrics

@@ -2,11 +2,12 @@
 PYTHONPATH. LIT_TUNE_FAULT=POINT:SIGNAL:N sends SIGNAL the N-th time this process reaches
 POINT, and nothing is changed without it.
 
-Points: `batch` (a training batch as Lightning counts them, inside a trial), `between` (just
-after the sweeper told Optuna a trial's result), `checkpoint` (while a checkpoint file is
-written: with KILL the process dies with half the file written), `mlflow` (while MLflow writes
-metrics: after its SQL insert, before the commit). SIGINT goes to the process group, as Ctrl-C
-does; TERM to this process, as `kill PID` does; KILL to the group.
+Points: `batch` (a training batch as Lightning counts them, inside a trial), `tell` (a trial
+has ended, its MLflow run closed, and the sweeper is about to tell Optuna its result),
+`between` (just after the sweeper told Optuna a trial's result), `checkpoint` (while a
+checkpoint file is written: with KILL the process dies with half the file written), `mlflow`
+(while MLflow writes metrics: after its SQL insert, before the commit). SIGINT goes to the
+process group, as Ctrl-C does; TERM to this process, as `kill PID` does; KILL to the group.
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ def _install(point: str, name: str, nth: int) -> None:
                 fire()
 
         _TrainingEpochLoop.advance = advance_then_fire  # type: ignore[method-assign]
+    elif point == "tell":
+        import optuna
+
+        tell = optuna.study.Study.tell
+
+        def fire_then_tell(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if due():
+                fire()
+            return tell(self, *args, **kwargs)
+
+        optuna.study.Study.tell = fire_then_tell  # type: ignore[method-assign]
     elif point == "between":
         import optuna
 

@@ -110,7 +110,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             "trial %d was left running by a killed sweep: failed, queued again", trial.number
         )
         if self.parent is not None:
-            self.parent.fail_interrupted(trial.number)
+            self.parent.fail_interrupted(trial.number, also_ended=True)
 
     def _check_objective(self) -> None:
         """The directions must match what the runs return: the classic silent mistake is
@@ -360,10 +360,12 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             while not finished:  # in steps, so that Ctrl-C is seen at once
                 finished, _ = wait(list(running), 1.0, return_when=FIRST_COMPLETED)
             for future in finished:
-                with self.lock:
-                    trial = running.pop(future)
-                free.append(taken.pop(future))
+                # Told before it leaves `running`: a Ctrl-C in between finds it there.
+                trial = running[future]
                 state = tell(study, trial, _launchers.job_return(future))
+                with self.lock:
+                    running.pop(future)
+                free.append(taken.pop(future))
                 log_progress(study, trial, state, self.n_trials, started)
             _, _, failed = budget_used(study)
             too_many_failures = failed > self.max_failure_rate * self.n_trials
@@ -387,6 +389,8 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 log.warning("cannot ask trial %d to stop: %s", trial.number, first_line(error))
         wait(list(running))
         for future, trial in running.items():
+            if study._storage.get_trial(trial._trial_id).state.is_finished():
+                continue  # told just before the signal
             ret = _launchers.job_return(future)
             if ret.status == JobStatus.COMPLETED:
                 tell(study, trial, ret)

@@ -91,10 +91,12 @@ class ParentRun:
         log.info("MLflow parent run %s (experiment %s)", mine, experiment_id)
         return str(mine)
 
-    def fail_interrupted(self, number: int) -> None:
-        """Close the MLflow run of trial `number`, left RUNNING by a sweep that was killed."""
+    def fail_interrupted(self, number: int, *, also_ended: bool = False) -> None:
+        """Close the MLflow run of trial `number` FAILED where it is still RUNNING; with
+        `also_ended`, also where the trial ended it but its sweep was killed before telling the
+        study, which has failed the trial and queued its parameters again."""
         for run in self._trial_runs(number):
-            if run.info.status == "RUNNING":
+            if run.info.status == "RUNNING" or (also_ended and run.info.status != "FAILED"):
                 self.client.set_tag(run.info.run_id, "outcome", "FAIL")
                 self.client.set_tag(
                     run.info.run_id, "fail_reason", "interrupted: the sweep running it was killed"
