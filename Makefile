@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 train: install  ## one run on digits; e.g. make train ARGS="model=cnn optimizer=sgd"
 	$(PY) train.py $(ARGS)
 
-# The default search (conf/hparams_search/mlp.yaml): TPE with Hyperband pruning on digits.
+# The default search (conf/hparams_search/mlp.yaml): TPE with successive-halving pruning on digits.
 sweep: install
 	$(PY) train.py -m hparams_search=mlp hydra.sweeper.n_trials=12 $(ARGS)
 	@$(MAKE) --no-print-directory where
@@ -50,7 +50,7 @@ SEEDS ?= 0 1 2 3 4 5
 bench: install  ## benchmarks (not tests); DATA_DIR holds MNIST/raw
 	$(PY) bench/speed.py --data-dir $(DATA_DIR)
 	$(PY) bench/pruning.py --data-dir $(DATA_DIR) --trials 40 --epochs 15 --train-fraction 0.25 \
-		--seeds $(SEEDS)
+		--seeds $(SEEDS) --variant hydra/sweeper/pruner=successive_halving
 
 test: install
 	$(PY) -m pytest -n 2 $(ARGS)

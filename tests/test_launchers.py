@@ -50,6 +50,7 @@ def test_a_launched_sweep_prunes_and_records_every_trial(launcher: list[str], tm
         "callbacks.progress_bar.refresh_rate=0",
         # Hyperband judges a trial after its first epoch; the first two trials to get there
         # are pruned whatever their value, so pruning happens whichever worker is first.
+        "hydra/sweeper/pruner=hyperband",
         "hydra.sweeper.pruner.bootstrap_count=2",
         "hydra.sweeper.study_name=launched",
         cwd=tmp_path,

@@ -47,7 +47,13 @@ class PercentilePrunerConfig(PrunerConfig):
 
 @dataclass
 class SuccessiveHalvingPrunerConfig(PrunerConfig):
-    """Asynchronous successive halving: keep the top 1/reduction_factor at each rung."""
+    """Asynchronous successive halving (ASHA): keep the top 1/reduction_factor at each rung.
+
+    The search spaces' default. min_resource "auto" prunes nothing until a trial has completed
+    (the yardstick), then judges trials after epochs 1, 4, 16, ... Over ten seeds of the MNIST
+    benchmark it kept the best (-0.12 pt) with 33 % of the epochs, where Hyperband needed 43 %;
+    it favours fast starters (docs/benchmarks.md, docs/sweeps.md).
+    """
 
     _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
     min_resource: Any = "auto"
@@ -62,8 +68,8 @@ class HyperbandPrunerConfig(PrunerConfig):
 
     max_resource is the trials' epoch budget (trainer.max_epochs), not Optuna's "auto" (the
     length of the first finished trial, which EarlyStopping can cut short). reduction_factor 4
-    (Optuna's default is 3): on the MNIST benchmark it kept the best model with 39 % of the
-    epochs, where 3 needed 60 % (docs/benchmarks.md).
+    (Optuna's default is 3): on one seed of the MNIST benchmark 3 needed 60 % of the epochs and 4
+    39 %; over ten seeds 4 needs 43 % and 5 40 % (docs/benchmarks.md).
     """
 
     _target_: str = "optuna.pruners.HyperbandPruner"
