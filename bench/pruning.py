@@ -1,4 +1,4 @@
-"""Benchmark: the same TPE sweep on MNIST with and without Hyperband pruning.
+"""Benchmark: the same TPE sweep on MNIST with and without pruning (Hyperband and others).
 
 Reports, for each seed and arm, the epochs trained over all trials, the best val/acc and the
 best trial's test/acc (bench/results/pruning-<trials>x<epochs>x<fraction>-seed<S>.json), and
