@@ -12,9 +12,17 @@ import torch
 from conftest import bare_trainer
 from torch import Tensor
 
-from lit_tune import data
+from lit_tune import fast_path
 from lit_tune.config import ConfigError
-from lit_tune.data import MNIST, DeviceBatches, Digits, EpochOrder, FashionMNIST, InMemoryData
+from lit_tune.data import (
+    MNIST,
+    DeviceBatches,
+    Digits,
+    EpochOrder,
+    FashionMNIST,
+    InMemoryData,
+    memory,
+)
 from lit_tune.models import MLP
 from lit_tune.module import Classifier
 from lit_tune.schedules import none as no_schedule
@@ -55,11 +63,9 @@ def test_training_split_is_normalised():
 class Numbered(InMemoryData):
     """Example i is the number i: lets a test see which examples an epoch served."""
 
-    input_shape = (1, 1, 1)
-
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x = torch.arange(103, dtype=torch.float32)
-        return x, x.long() % 10, x[:7], x[:7].long() % 10
+        x = torch.arange(103, dtype=torch.float32)[:, None, None, None]
+        return x, x.flatten().long() % 10, x[:7], x[:7].flatten().long() % 10
 
 
 def test_an_epoch_serves_every_training_example_exactly_once_in_batches():
@@ -78,30 +84,35 @@ def test_an_epoch_serves_every_training_example_exactly_once_in_batches():
 
 
 @pytest.mark.parametrize("loader", ["device", "dataloader"])
-def test_steps_per_execution_serves_the_same_batches_in_pieces(loader: str):
+def test_steps_per_execution_serves_the_same_batches_in_pieces(loader: str, monkeypatch):
     """A training batch of k steps, cut after the transfer, is the k batches of k=1."""
-    one = Numbered(batch_size=16, val_fraction=0.2, seed=0, loader=loader)
-    four = Numbered(batch_size=16, val_fraction=0.2, seed=0, loader=loader, steps_per_execution=4)
     trainer = bare_trainer(max_epochs=1)
     trainer.state.stage = "train"
-    for dm in (one, four):
+
+    def served(steps: int, epoch: int) -> list:
+        # The module's steps_per_execution, as the fast path would decide it in a fit.
+        monkeypatch.setattr(fast_path, "steps_per_batch", lambda trainer, module=None: steps)
+        dm = Numbered(batch_size=16, val_fraction=0.2, seed=0, loader=loader)
         dm.trainer = trainer
         dm.setup()
+        loader_ = dm.train_dataloader()
+        loader_.sampler.set_epoch(epoch)
+        return [dm.on_after_batch_transfer(batch, 0) for batch in loader_]
+
     for epoch in range(2):
-        served = []
-        for dm in (one, four):
-            loader_ = dm.train_dataloader()
-            loader_.sampler.set_epoch(epoch)
-            served.append([dm.on_after_batch_transfer(batch, 0) for batch in loader_])
-        steps_of_one, steps_of_four = served
+        steps_of_one, steps_of_four = served(1, epoch), served(4, epoch)
         assert [len(steps) for steps in steps_of_four] == [4, 2]  # 82 examples: 6 steps
-        assert all(len(steps) == 1 for steps in steps_of_one)
+        assert all(isinstance(batch, tuple) for batch in steps_of_one)  # a batch, not a list
         pairs = [pair for steps in steps_of_four for pair in steps]
         assert len(pairs) == len(steps_of_one) == 6
-        for (x, y), [(x1, y1)] in zip(pairs, steps_of_one, strict=True):
+        for (x, y), (x1, y1) in zip(pairs, steps_of_one, strict=True):
             assert torch.equal(x, x1) and torch.equal(y, y1)
-    assert four.optimizer_steps(2) == 6 and four.optimizer_steps(1) == 4
-    assert len(four.val_dataloader()) == len(one.val_dataloader())  # validation: unchanged
+    dm = Numbered(batch_size=16, val_fraction=0.2, seed=0, loader=loader)
+    dm.setup()
+    assert dm.train_examples() == 82
+    four = len(dm.val_dataloader())
+    monkeypatch.setattr(fast_path, "steps_per_batch", lambda trainer, module=None: 1)
+    assert len(dm.val_dataloader()) == four  # validation: unchanged
 
 
 def test_mnist_loads_from_the_shared_idx_files(mnist_dir: Path):
@@ -158,7 +169,7 @@ def test_both_loaders_serve_the_same_examples_in_the_same_order():
 def fit_digits(loader: str) -> dict[str, float]:
     L.seed_everything(0)
     dm = digits(loader=loader)
-    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden_layers=1, width=32)
+    net = MLP(input_shape=(1, 8, 8), num_outputs=10, hidden_layers=1, width=32)
     optimizer = functools.partial(torch.optim.SGD, lr=0.1)
     module = Classifier(net, 10, optimizer, no_schedule)
     trainer = bare_trainer(max_epochs=3)
@@ -177,13 +188,13 @@ def test_the_data_is_loaded_once_per_process(monkeypatch: pytest.MonkeyPatch):
     loads = []
     original = Digits.load
     monkeypatch.setattr(Digits, "load", lambda self: loads.append(1) or original(self))
-    monkeypatch.setattr(data, "_loaded", {})
-    monkeypatch.setattr(data, "_resident", {})
+    monkeypatch.setattr(memory, "_loaded", {})
+    monkeypatch.setattr(memory, "_resident", {})
     first, second = digits(seed=3), digits(seed=3, batch_size=16)
     assert len(loads) == 1
     assert first.splits["train"][0] is second.splits["train"][0]
     digits(seed=4)  # another split: loaded again, and the cache keeps only the last one
-    assert len(loads) == 2 and len(data._loaded) == 1
+    assert len(loads) == 2 and len(memory._loaded) == 1
 
 
 @pytest.mark.parametrize("n", [10, 11])
@@ -208,8 +219,8 @@ def test_ddp_ranks_shard_an_epoch(n: int):
 def test_random_shift_translates_each_image_and_fills_with_zeros():
     torch.manual_seed(0)
     images = torch.rand(64, 2, 8, 8) + 1.0  # no zeros of its own
-    assert torch.equal(data.random_shift(images, 0), images)
-    shifted = data.random_shift(images, 2)
+    assert torch.equal(memory.random_shift(images, 0), images)
+    shifted = memory.random_shift(images, 2)
     assert shifted.shape == images.shape
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     moves = set()
@@ -233,7 +244,7 @@ def test_shift_applies_to_training_batches_only():
     trainer = bare_trainer(max_epochs=1)
     dm.trainer = trainer
     trainer.state.stage = "train"
-    [(moved, labels)] = dm.on_after_batch_transfer(batch, 0)  # one step's batch
+    moved, labels = dm.on_after_batch_transfer(batch, 0)  # one step: a batch
     assert torch.equal(labels, batch[1]) and not torch.equal(moved, batch[0])
     trainer.state.stage = "validate"
     assert dm.on_after_batch_transfer(batch, 0) is batch

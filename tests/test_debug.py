@@ -76,7 +76,7 @@ def test_profiler_writes_its_report_to_the_output_folder(tmp_path: Path):
     report = (output / "fit-profile.txt").read_text()
     assert report.startswith("FIT Profiler Report")
     # One epoch of digits: 1,298 training examples in 21 steps of 64, which Lightning sees
-    # as 3 batches of up to 8 steps (data.steps_per_execution).
+    # as 3 batches of up to 8 steps (module.steps_per_execution).
     assert re.search(r"\|\s+run_training_batch\s+\|\s+[\d.]+\s+\|\s+3\s+\|", report)
     assert (output / "test-profile.txt").is_file()
 
@@ -85,7 +85,7 @@ def test_cfg_job_prints_the_composed_experiment_and_runs_nothing(tmp_path: Path)
     result = run_cli("--cfg", "job", "--resolve", "experiment=mnist_mlp", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     cfg = yaml.safe_load(result.stdout)
-    assert cfg["data"]["_target_"] == "lit_tune.data.MNIST"
+    assert cfg["data"]["_target_"] == "lit_tune.data.images.MNIST"
     assert cfg["data"]["data_dir"] == str(tmp_path / "data")  # resolved; need not exist
     assert (cfg["model"]["_target_"], cfg["model"]["hidden_layers"]) == ("lit_tune.models.MLP", 2)
     assert cfg["experiment_name"] == "mnist_mlp"
@@ -181,7 +181,7 @@ def test_the_batch_size_finder_sets_the_batch_size_the_run_trains_with(tmp_path:
     assert run.data.params["data.batch_size"] == "256"
     assert run.data.tags["tuned.data.batch_size"] == "64 -> 256"
     # MLflow's step counts Lightning's batches: 1,298 examples are 6 steps of 256, one batch
-    # of up to 8 steps (data.steps_per_execution) per epoch; with 64, 21 steps in 3 batches.
+    # of up to 8 steps (module.steps_per_execution) per epoch; with 64, 21 steps in 3 batches.
     assert steps(client, run, "train/loss") == [0, 1]
 
 

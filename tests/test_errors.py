@@ -70,13 +70,13 @@ CASES = {
     "bad schedule value": (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0", 2),
     "negative gradient clip": (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1", 2),
     "zero steps per execution": (
-        ["data.steps_per_execution=0"],
-        "data.steps_per_execution=0: must be an integer > 0",
+        ["module.steps_per_execution=0"],
+        "module.steps_per_execution=0: must be an integer > 0",
         2,
     ),
-    "gradient accumulation": (
-        ["+trainer.accumulate_grad_batches=4"],
-        "trainer.accumulate_grad_batches=4: must be 1 (a larger data.batch_size instead)",
+    "zero gradient accumulation": (
+        ["+trainer.accumulate_grad_batches=0"],
+        "trainer.accumulate_grad_batches=0: must be an integer > 0",
         2,
     ),
     "accelerator this machine lacks": (["trainer.accelerator=tpu"], "trainer.accelerator='tpu'", 2),
@@ -155,9 +155,40 @@ CASES = {
         "logger.tracking_uri=http://127.0.0.1:9: no MLflow server answers there",
         2,
     ),
-    "objective never logged": (
+    # objectives and tasks
+    "objective the module does not log": (
         ["objective.metric=val/f1", "trainer.max_epochs=1", "callbacks=none"],
-        "objective.metric='val/f1' was never logged",
+        "objective.metric=val/f1: the module logs no 'f1'; it logs val/<name> and "
+        "val/<name>_best for loss, acc (add others under module.metrics)",
+        2,
+    ),
+    "regression objective with a classification metric": (
+        ["data=diabetes", "module=regressor", "objective.metric=val/acc_best"],
+        "objective.metric=val/acc_best: the module logs no 'acc'; it logs val/<name> and "
+        "val/<name>_best for loss, mae, rmse, r2",
+        2,
+    ),
+    "objective with no direction": (
+        ["objective.metric=val/acc_best", "~module.metrics"],
+        "objective.mode: cannot tell whether a higher or a lower val/acc_best is better; set "
+        "objective.mode=max or objective.mode=min",
+        2,
+    ),
+    "classifier on regression data": (
+        ["data=diabetes"],
+        "module.num_classes: ??? is filled from the datamodule's `num_classes`, and the "
+        "datamodule (Tabular, task regression) has none",
+        2,
+    ),
+    "cnn on tabular data": (
+        ["data=wine", "model=cnn"],
+        "model: CNN needs images (channels, height, width); the data's input_shape is (13,): "
+        "use model=mlp",
+        2,
+    ),
+    "tabular file and bundled set at once": (
+        ["data=tabular", "data.path=x.csv"],
+        "data.dataset=breast_cancer, data.path=x.csv: give exactly one",
         2,
     ),
 }

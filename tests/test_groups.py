@@ -11,7 +11,11 @@ from conftest import CONF_DIR, group_options, objectives, run_cli
 # logger and callbacks: fast_dev_run switches loggers off, so they get a real epoch below.
 GROUPS = ["data", "model", "optimizer", "scheduler", "trainer"]
 # Options needing what this machine may lack; each runs in a test of its own below.
-ELSEWHERE = {"data": {"mnist", "fashion_mnist"}, "trainer": {"gpu", "ddp"}}
+# (The regression set and the other image sets: tests/test_tasks.py.)
+ELSEWHERE = {
+    "data": {"mnist", "fashion_mnist", "cifar10", "image_folder", "diabetes"},
+    "trainer": {"gpu", "ddp"},
+}
 
 
 @pytest.mark.parametrize("group", sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir()))

@@ -23,7 +23,7 @@ def test_epoch_metrics_are_the_means_over_every_example():
     # epoch means can be recomputed here in one pass.
     L.seed_everything(0)
     dm = Digits(batch_size=100, val_fraction=0.15, test_fraction=0.15, seed=0)
-    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden_layers=1, width=16)
+    net = MLP(input_shape=(1, 8, 8), num_outputs=10, hidden_layers=1, width=16)
     module = Classifier(net, 10, functools.partial(torch.optim.SGD, lr=0.0), no_schedule)
     trainer = bare_trainer(max_epochs=1)
     trainer.fit(module, datamodule=dm)
@@ -45,16 +45,10 @@ def test_epoch_metrics_are_the_means_over_every_example():
 
 def fit(steps_per_execution: int, scheduler, max_epochs: int = 3, **digits):
     L.seed_everything(0)
-    dm = Digits(
-        batch_size=64,
-        val_fraction=0.15,
-        test_fraction=0.15,
-        seed=0,
-        steps_per_execution=steps_per_execution,
-        **digits,
-    )
-    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden_layers=1, width=32, dropout=0.2)
-    module = Classifier(net, 10, functools.partial(torch.optim.SGD, lr=0.2), scheduler)
+    dm = Digits(batch_size=64, val_fraction=0.15, test_fraction=0.15, seed=0, **digits)
+    net = MLP(input_shape=(1, 8, 8), num_outputs=10, hidden_layers=1, width=32, dropout=0.2)
+    sgd = functools.partial(torch.optim.SGD, lr=0.2)
+    module = Classifier(net, 10, sgd, scheduler, steps_per_execution=steps_per_execution)
     trainer = bare_trainer(max_epochs=max_epochs)
     trainer.fit(module, datamodule=dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "epoch_time"}
@@ -63,8 +57,9 @@ def fit(steps_per_execution: int, scheduler, max_epochs: int = 3, **digits):
 
 @pytest.mark.parametrize("loader", ["device", "dataloader"])
 def test_several_steps_per_batch_train_exactly_as_one(loader: str):
-    """Same seed, k = 1 or 5 steps per Lightning batch: the same steps, rates and metrics, to
-    the bit (dropout draws in the same order; the per-step schedule spans the same steps)."""
+    """Same seed, k = 1 (Lightning's automatic optimisation) or 5 steps per Lightning batch
+    (the fast path, by hand): the same steps, rates and metrics, to the bit (dropout draws in
+    the same order; the per-step schedule spans the same steps)."""
     one_cycle = functools.partial(
         schedules.one_cycle, max_lr=0.2, pct_start=0.3, div_factor=10.0, final_div_factor=100.0
     )
@@ -76,6 +71,8 @@ def test_several_steps_per_batch_train_exactly_as_one(loader: str):
     assert trainer_five.num_training_batches == 5  # 21 steps in batches of 5 steps
     assert metrics_five == metrics_one
     assert metrics_five["val/acc"] > 0.8  # it trained
+    assert trainer_one.lightning_module.automatic_optimization
+    assert not trainer_five.lightning_module.automatic_optimization
 
 
 def test_epoch_schedules_step_once_per_epoch_and_plateau_reads_its_metric():
@@ -98,25 +95,66 @@ def one_step_moves(clip: float | None, algorithm: str | None) -> Tensor:
     """What one SGD step of lr 1 (the gradient itself) moves the weights by."""
     L.seed_everything(0)
     dm = Digits(batch_size=64, val_fraction=0.15, test_fraction=0.15, seed=0)
-    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden_layers=1, width=32)
+    net = MLP(input_shape=(1, 8, 8), num_outputs=10, hidden_layers=1, width=32)
     before = [p.detach().clone() for p in net.parameters()]
     sgd = functools.partial(torch.optim.SGD, lr=1.0)
-    module = Classifier(net, 10, sgd, no_schedule, clip, algorithm)
-    trainer = bare_trainer(max_epochs=1)
-    trainer.fit_loop.epoch_loop.max_steps = 1  # Trainer(max_steps=1)
+    module = Classifier(net, 10, sgd, no_schedule, steps_per_execution=8)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        gradient_clip_val=clip,
+        gradient_clip_algorithm=algorithm,
+    )
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 1
+    # Clipping is Lightning's: the module leaves the fast path for its automatic optimisation.
+    assert module.automatic_optimization == (clip is not None)
     return torch.cat(
         [(p.detach() - b).flatten() for p, b in zip(net.parameters(), before, strict=True)]
     )
 
 
-def test_gradients_are_clipped_by_the_module():
-    """The module optimises by hand, so it clips (Lightning clips only what it optimises)."""
+def test_gradients_are_clipped_as_lightning_defines():
     free = one_step_moves(None, None)
     assert float(free.norm()) > 0.1 and float(free.abs().max()) > 0.01
     assert float(one_step_moves(1e-3, "norm").norm()) == pytest.approx(1e-3, rel=1e-4)
     assert float(one_step_moves(1e-3, "value").abs().max()) == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_accumulated_gradients_step_once_per_k_batches():
+    """accumulate_grad_batches: Lightning's own (the fast path steps aside): 21 batches of an
+    epoch in steps of 4 batches are 6 optimizer steps (the last holds 1)."""
+    L.seed_everything(0)
+    dm = Digits(batch_size=64, val_fraction=0.15, test_fraction=0.15, seed=0)
+    net = MLP(input_shape=(1, 8, 8), num_outputs=10, hidden_layers=1, width=16)
+    module = Classifier(
+        net, 10, functools.partial(torch.optim.SGD, lr=0.1), no_schedule, steps_per_execution=8
+    )
+    trainer = bare_trainer(max_epochs=2, accumulate_grad_batches=4)
+    trainer.fit(module, datamodule=dm)
+    assert module.automatic_optimization
+    assert trainer.num_training_batches == 21
+    assert trainer.global_step == len(module.lr_history) == 2 * 6
+
+
+def test_a_datamodule_of_another_kind_gets_lightnings_optimisation():
+    """The fast path needs pieces of several batches, which only lit_tune's in-memory data
+    serves: with a plain DataLoader a built-in module takes one step per batch, Lightning's way."""
+    L.seed_everything(0)
+    x, y = torch.randn(200, 1, 8, 8), torch.randint(0, 10, (200,))
+    loader = torch.utils.data.DataLoader(list(zip(x, y, strict=True)), batch_size=32)
+    net = MLP(input_shape=(1, 8, 8), num_outputs=10, hidden_layers=1, width=16)
+    module = Classifier(
+        net, 10, functools.partial(torch.optim.SGD, lr=0.1), no_schedule, steps_per_execution=8
+    )
+    trainer = bare_trainer(max_epochs=1)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    assert module.automatic_optimization
+    assert trainer.global_step == len(module.lr_history) == 7
 
 
 class CountBackward(L.Callback):
@@ -131,16 +169,17 @@ def test_a_callback_on_the_backward_hooks_is_called_every_step():
     """Without such a callback the module calls loss.backward() itself, skipping the hooks'
     dispatch; with one, Lightning's backward runs and calls it."""
     L.seed_everything(0)
-    dm = Digits(batch_size=64, val_fraction=0.15, test_fraction=0.15, seed=0, steps_per_execution=4)
-    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden_layers=1, width=16)
-    module = Classifier(net, 10, functools.partial(torch.optim.SGD, lr=0.1), no_schedule)
+    dm = Digits(batch_size=64, val_fraction=0.15, test_fraction=0.15, seed=0)
+    net = MLP(input_shape=(1, 8, 8), num_outputs=10, hidden_layers=1, width=16)
+    sgd = functools.partial(torch.optim.SGD, lr=0.1)
+    module = Classifier(net, 10, sgd, no_schedule, steps_per_execution=4)
     counter = CountBackward()
     trainer = bare_trainer(max_epochs=2)
     trainer.callbacks.append(counter)
     trainer.fit(module, datamodule=dm)
     assert not module._plain_backward
     assert counter.calls == trainer.global_step == 2 * 21
-    plain = Classifier(net, 10, functools.partial(torch.optim.SGD, lr=0.1), no_schedule)
+    plain = Classifier(net, 10, sgd, no_schedule, steps_per_execution=4)
     bare = bare_trainer(max_epochs=1)
     bare.fit(plain, datamodule=dm)
     assert plain._plain_backward

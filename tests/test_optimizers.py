@@ -7,7 +7,7 @@ import torch
 from conftest import group_options
 from hydra.utils import instantiate
 
-from lit_tune.train import TRUSTED_TARGETS
+from lit_tune.trust import DEFAULT_TRUSTED
 
 EXPECTED = {
     "sgd": (torch.optim.SGD, {"lr": 0.01, "momentum": 0, "nesterov": False}),
@@ -29,7 +29,7 @@ def test_optimizer_receives_its_hyperparameters(compose_cfg, name):
     cls, defaults = EXPECTED[name]
     cfg = compose_cfg(f"optimizer={name}", "optimizer.lr=0.0123", "optimizer.weight_decay=0.004")
     params = [torch.nn.Parameter(torch.zeros(3))]
-    build = instantiate(cfg.optimizer, _convert_="all", _execution_whitelist_=TRUSTED_TARGETS)
+    build = instantiate(cfg.optimizer, _convert_="all", _execution_whitelist_=list(DEFAULT_TRUSTED))
     optimizer = build(params)
     assert type(optimizer) is cls
     group = optimizer.param_groups[0]
@@ -41,6 +41,6 @@ def test_optimizer_receives_its_hyperparameters(compose_cfg, name):
 
 def test_betas_reach_adam_from_the_command_line(compose_cfg):
     cfg = compose_cfg("optimizer=adam", "optimizer.betas=[0.8,0.99]")
-    build = instantiate(cfg.optimizer, _convert_="all", _execution_whitelist_=TRUSTED_TARGETS)
+    build = instantiate(cfg.optimizer, _convert_="all", _execution_whitelist_=list(DEFAULT_TRUSTED))
     optimizer = build([torch.nn.Parameter(torch.zeros(1))])
     assert tuple(optimizer.param_groups[0]["betas"]) == (0.8, 0.99)

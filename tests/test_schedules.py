@@ -119,19 +119,13 @@ def test_the_trainer_applies_the_schedule_epoch_by_epoch(tmp_path: Path):
 def test_the_run_records_the_rate_of_every_step_as_the_schedule_gave_it(steps_per_execution: int):
     """`lr_history` (plotted as plots/lr_schedule.png) is the rate each step used."""
     L.seed_everything(0)
-    dm = Digits(
-        batch_size=100,
-        val_fraction=0.15,
-        test_fraction=0.15,
-        seed=0,
-        steps_per_execution=steps_per_execution,
-    )
-    net = MLP(input_shape=(1, 8, 8), num_classes=10, hidden_layers=1, width=16)
+    dm = Digits(batch_size=100, val_fraction=0.15, test_fraction=0.15, seed=0)
+    net = MLP(input_shape=(1, 8, 8), num_outputs=10, hidden_layers=1, width=16)
     one_cycle = functools.partial(
         schedules.one_cycle, max_lr=LR0, pct_start=0.3, div_factor=10.0, final_div_factor=100.0
     )
     optimizer = functools.partial(torch.optim.SGD, lr=LR0)
-    module = Classifier(net, 10, optimizer, one_cycle)
+    module = Classifier(net, 10, optimizer, one_cycle, steps_per_execution=steps_per_execution)
     trainer = bare_trainer(max_epochs=3)
     trainer.fit(module, datamodule=dm)
     total = 3 * 13  # 1298 examples in batches of 100

@@ -58,6 +58,56 @@ def auto_precision() -> str:
 OmegaConf.register_resolver("lit_tune.precision", auto_precision, replace=True)
 
 
+def objective_mode(metric: str, *, _root_: DictConfig) -> str:
+    """max or min for `metric` (`objective.mode`'s default): min for a loss, else what the
+    torchmetrics metric of that name under `module.metrics` says of itself (higher_is_better).
+    `val/acc_best` is judged as `acc`."""
+    name = metric.rsplit("/", 1)[-1].removesuffix("_best")
+    if "loss" in name:
+        return "min"
+    metrics = OmegaConf.select(_root_, "module.metrics", default=None)
+    if not metrics:
+        raise ConfigError(
+            f"objective.mode: cannot tell whether a higher or a lower {metric} is better; "
+            "set objective.mode=max or objective.mode=min"
+        )
+    if name not in metrics:
+        known = ", ".join(["loss", *metrics])
+        raise ConfigError(
+            f"objective.metric={metric}: the module logs no {name!r}; it logs val/<name> and "
+            f"val/<name>_best for {known} (add others under module.metrics)"
+        )
+    return "max" if _higher_is_better(metrics[name]) else "min"
+
+
+def _higher_is_better(node: DictConfig) -> bool:
+    """A torchmetrics class's own `higher_is_better`; a task wrapper (Accuracy, F1Score, ...)
+    says it once it has a task, which does not change it."""
+    from hydra.utils import get_class
+
+    from lit_tune.trust import is_trusted, trusted_targets
+
+    target = str(node.get("_target_"))
+    if not is_trusted(target, trusted_targets()):
+        raise ConfigError(f"module.metrics: {target} is not trusted")
+    metric = get_class(target)
+    higher = getattr(metric, "higher_is_better", None)
+    if higher is None:
+        higher = getattr(metric(task="multiclass", num_classes=2), "higher_is_better", None)
+    if higher is None:
+        raise ConfigError(f"objective.mode: {target} does not say whether higher is better")
+    return bool(higher)
+
+
+OmegaConf.register_resolver("lit_tune.mode", objective_mode, replace=True)
+# hydra.sweeper.direction from objective.mode: one fact, one key.
+OmegaConf.register_resolver(
+    "lit_tune.direction",
+    lambda mode: {"max": "maximize", "min": "minimize"}.get(mode, mode),
+    replace=True,
+)
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -97,7 +147,7 @@ RULES: dict[str, Rule] = {
     "data.loader": _one_of("device", "dataloader"),
     "data.num_workers": NON_NEGATIVE_INT,
     "data.shift": NON_NEGATIVE_INT,
-    "data.steps_per_execution": POSITIVE_INT,
+    "module.steps_per_execution": POSITIVE_INT,
     "model.hidden_layers": NON_NEGATIVE_INT,
     "model.width": POSITIVE_INT,
     "model.widths": (_list_of_positive_ints, "null or a non-empty list of integers > 0"),
@@ -120,8 +170,7 @@ RULES: dict[str, Rule] = {
     "scheduler.warmup_fraction": PROBABILITY,
     "trainer.max_epochs": POSITIVE_INT,
     "trainer.gradient_clip_val": (lambda v: v is None or NON_NEGATIVE[0](v), "null or >= 0"),
-    # The module optimises by hand (data.steps_per_execution), which Lightning cannot accumulate.
-    "trainer.accumulate_grad_batches": (lambda v: v == 1, "1 (a larger data.batch_size instead)"),
+    "trainer.accumulate_grad_batches": POSITIVE_INT,
     "tune.lr_find": BOOLEAN,
     "tune.lr_find_args.min_lr": POSITIVE,
     "tune.lr_find_args.max_lr": POSITIVE,
@@ -136,16 +185,26 @@ RULES: dict[str, Rule] = {
 FINDERS = {"tune.lr_find": "optimizer.lr", "tune.scale_batch_size": "data.batch_size"}
 
 
+# Where a `???` is filled from the datamodule (lit_tune/build.py), not a missing value.
+FILLED = ("module", "model")
+
+
 def check(cfg: DictConfig) -> None:
     """Raise ConfigError for a missing mandatory value or a value outside what its key allows."""
     try:
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        for key in cfg:
+            node = cfg[key]
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True, throw_on_missing=key not in FILLED)
     except MissingMandatoryValue as error:
         raise ConfigError(
             f"{error.full_key}: missing mandatory value; set it on the command line "
             f"({error.full_key}=...)"
         ) from None
     except InterpolationResolutionError as error:
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, ConfigError):  # one of our resolvers: names its key
+            raise ConfigError(str(cause)) from None
         raise ConfigError(f"{error.full_key}: {str(error.msg).splitlines()[0]}") from None
     for key, (ok, allowed) in RULES.items():
         value = OmegaConf.select(cfg, key, default=KeyError)
@@ -287,7 +346,7 @@ def _check_key(cfg: DictConfig, key: str) -> None:
     parts = key.split(".")
     node: Any = cfg
     depth = 0
-    while depth < len(parts) and isinstance(node, DictConfig) and parts[depth] in node:
+    while depth < len(parts) and isinstance(node, DictConfig) and parts[depth] in node.keys():
         node = node._get_node(parts[depth])
         depth += 1
     if depth == len(parts):

@@ -1,8 +1,10 @@
 """The networks of `conf/model/`: an MLP and a small CNN.
 
-Both take `input_shape` (C, H, W) and `num_classes` from the datamodule, so sizes are never
-typed twice, and initialise their weights to suit the activation: He for the ReLU family,
-LeCun for SELU (self-normalising nets need it), Glorot for tanh and sigmoid.
+Both take `input_shape` (the shape of one example) and `num_outputs` (classes, or regression
+targets) from the datamodule: their configs leave them `???`, which the run fills from the
+datamodule's attributes of those names, so sizes are never typed twice. Both initialise their
+weights to suit the activation: He for the ReLU family, LeCun for SELU (self-normalising nets
+need it), Glorot for tanh and sigmoid.
 """
 
 from __future__ import annotations
@@ -48,12 +50,13 @@ def hidden_widths(hidden_layers: int, width: int, taper: float) -> list[int]:
 
 
 class MLP(nn.Module):
-    """Flatten, then [Linear, (BatchNorm), activation, (Dropout)] per hidden layer, then Linear."""
+    """Flatten, then [Linear, (BatchNorm), activation, (Dropout)] per hidden layer, then Linear:
+    for images and tabular data alike."""
 
     def __init__(
         self,
         input_shape: Sequence[int],
-        num_classes: int,
+        num_outputs: int,
         hidden_layers: int = 2,
         width: int = 256,
         taper: float = 1.0,
@@ -74,7 +77,7 @@ class MLP(nn.Module):
             if dropout > 0:
                 layers.append(_dropout(dropout, activation))
             fan_in = size
-        layers.append(nn.Linear(fan_in, num_classes))
+        layers.append(nn.Linear(fan_in, num_outputs))
         self.layers = nn.Sequential(*layers)
         _init_weights(self, activation)
 
@@ -88,7 +91,7 @@ class CNN(nn.Module):
     def __init__(
         self,
         input_shape: Sequence[int],
-        num_classes: int,
+        num_outputs: int,
         channels: int = 32,
         depth: int = 2,
         kernel_size: int = 3,
@@ -97,6 +100,11 @@ class CNN(nn.Module):
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"CNN needs images (channels, height, width); the data's input_shape is "
+                f"{tuple(input_shape)}: use model=mlp"
+            )
         in_channels, height, _ = input_shape
         layers: list[nn.Module] = []
         for i in range(depth):
@@ -116,7 +124,7 @@ class CNN(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         if dropout > 0:
             layers.append(_dropout(dropout, activation))
-        layers.append(nn.Linear(in_channels, num_classes))
+        layers.append(nn.Linear(in_channels, num_outputs))
         self.layers = nn.Sequential(*layers)
         _init_weights(self, activation)
 

@@ -129,17 +129,24 @@ def finish(loggers: list[Logger], outcome: str, reason: str | None = None) -> No
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as {"model.width": 256, ...}, the keys as Hydra overrides spell them;
-    passwords in URLs masked."""
+    passwords in URLs masked. A node that only points at another (`module.net: ${model}`) is
+    recorded once, under the key it points at."""
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
+        if isinstance(node, DictConfig) and len(node):
+            for key in node:
+                if OmegaConf.is_missing(node, key):
+                    flat[f"{prefix}{key}"] = "???"
+                elif OmegaConf.is_interpolation(node, key) and OmegaConf.is_config(node[key]):
+                    continue  # an alias of a node recorded under its own key
+                else:
+                    walk(node[key], f"{prefix}{key}.")
         else:
-            flat[prefix.rstrip(".")] = mask(node) if isinstance(node, str) else node
+            value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+            flat[prefix.rstrip(".")] = mask(value) if isinstance(value, str) else value
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(cfg, "")
     return flat
 
 
@@ -148,23 +155,27 @@ def log_results(loggers: list[Logger], cfg: DictConfig) -> None:
     """Add the resolved config and the learning curves to an MLflow run."""
     for client, run_id in _mlflow_runs(loggers):
         client.log_text(run_id, mask(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
-        client.log_figure(run_id, learning_curves(client, run_id), "plots/learning_curves.png")
+        figure = learning_curves(client, run_id, cfg.objective.metric)
+        client.log_figure(run_id, figure, "plots/learning_curves.png")
         plt.close("all")
 
 
 class ResultPlots(Callback):
-    """Add to an MLflow run the learning rate of every step (after fit) and the test confusion
-    matrix (after test). A callback, because these live in rank 0's module: under ddp_spawn
-    that is a copy in a child process, which the caller of fit and test never sees."""
+    """Add to an MLflow run the learning rate of every step (after fit; the built-in modules
+    keep it) and a classifier's test confusion matrix (after test). A callback, because these
+    live in rank 0's module: under ddp_spawn that is a copy in a child process, which the
+    caller of fit and test never sees."""
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        assert isinstance(pl_module, Classifier)
-        if trainer.is_global_zero and pl_module.lr_history:
-            _log_figure(trainer.loggers, lr_schedule(pl_module.lr_history), "lr_schedule")
+        history = getattr(pl_module, "lr_history", None)
+        if trainer.is_global_zero and history:
+            _log_figure(trainer.loggers, lr_schedule(history), "lr_schedule")
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        assert isinstance(pl_module, Classifier)
-        if trainer.is_global_zero and pl_module.confusion is not None:
+        # Class by class: only a classifier has one (a regressor or a module of yours: none).
+        if not isinstance(pl_module, Classifier) or pl_module.confusion is None:
+            return
+        if trainer.is_global_zero:
             figure = confusion_matrix(pl_module.confusion)
             _log_figure(trainer.loggers, figure, "confusion_matrix")
 
@@ -184,21 +195,31 @@ def _mlflow_runs(loggers: list[Logger]) -> list[tuple[MlflowClient, str]]:
     ]
 
 
-def learning_curves(client: MlflowClient, run_id: str) -> Figure:
-    """Loss (left axis) and validation accuracy (right axis) per epoch, read back from MLflow."""
+def learning_curves(client: MlflowClient, run_id: str, objective: str) -> Figure:
+    """Per epoch, read back from MLflow: every loss the module logged once an epoch (left
+    axis) and the objective's metric (right axis; `val/acc` for `val/acc_best`), whatever the
+    module. Values logged per step (`*_step`) are left out."""
+    logged = set(client.get_run(run_id).data.metrics)
+    # Lightning logs `epoch` beside every value: it maps a value's step to its epoch.
+    epoch_at = {m.step: m.value for m in client.get_metric_history(run_id, "epoch")}
+    losses = sorted(
+        k for k in logged if "loss" in k and not k.endswith("_step") and not k.startswith("test/")
+    )
+    base = objective.removesuffix("_best")
+    metric = base if base in logged else objective
     fig, loss_ax = plt.subplots(figsize=(6, 4))
-    acc_ax = loss_ax.twinx()
-    for key, ax, style in [
-        ("train/loss", loss_ax, "C0-"),
-        ("val/loss", loss_ax, "C1-"),
-        ("val/acc", acc_ax, "C2--"),
-    ]:
+    metric_ax = loss_ax.twinx()
+    curves = [(key, loss_ax, f"C{i}-") for i, key in enumerate(losses)]
+    if metric in logged and "loss" not in metric:
+        curves.append((metric, metric_ax, f"C{len(losses)}--"))
+    for key, ax, style in curves:
         history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-        ax.plot(range(1, len(history) + 1), [m.value for m in history], style, label=key)
+        x = [epoch_at.get(m.step, i) + 1 for i, m in enumerate(history)]
+        ax.plot(x, [m.value for m in history], style, label=key)
     loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
-    acc_ax.set_ylabel("accuracy")
+    metric_ax.set_ylabel(metric)
     fig.legend(loc="upper center", ncol=3)
     return fig
 

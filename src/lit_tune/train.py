@@ -4,47 +4,42 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import hydra
 import lightning as L
 import optuna
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import execution_whitelist, instantiate, to_absolute_path
-from lightning.fabric.utilities.exceptions import MisconfigurationException
+from hydra.utils import execution_whitelist, to_absolute_path
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from optuna_integration import PyTorchLightningPruningCallback
 
-from lit_tune import tracking, tuning
+from lit_tune import build, tracking, tuning
 from lit_tune.checkpoint_io import AtomicCheckpointIO
-from lit_tune.config import ConfigError, check, check_choices, first_line, one_line_errors
-from lit_tune.module import Classifier, count_parameters
+from lit_tune.config import ConfigError, check, check_choices, one_line_errors
+from lit_tune.module import TaskModule, count_parameters
 from lit_tune.signals import STOP, Interrupted, exit_status, stop_on_signal, stopped_by
 from lit_tune.trial import current_trial
+from lit_tune.trust import ENV, check_trusted, project_settings, trusted_targets
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger(__name__)
-# What a config's `_target_` may name. A new home for models or data is added here, in
-# code, so that a config file alone can never run arbitrary Python.
-TRUSTED_TARGETS = ["lit_tune.*", "torch.optim.*", "lightning.pytorch.*"]
 
 
 def train(cfg: DictConfig) -> float | list[float]:
     """Train, test the best checkpoint, record the run; return the value of `objective.metric`
     (followed by those of `objective.extra`, for a multi-objective sweep)."""
-    with execution_whitelist(TRUSTED_TARGETS), stop_on_signal():
+    with execution_whitelist(trusted_targets()), stop_on_signal():
         return _train(cfg)
 
 
@@ -65,54 +60,58 @@ class StopOnRequest(L.Callback):
         self._check()
 
 
+class ObjectiveLogged(L.Callback):
+    """Fail the run after its first validation when the module did not log the objective,
+    naming what it did log (EarlyStopping would fail later, in more lines)."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and self.metric not in trainer.callback_metrics:
+            raise ConfigError(_not_logged(self.metric, trainer.callback_metrics))
+
+
+def _not_logged(metric: str, logged: Any) -> str:
+    known = ", ".join(sorted(logged)) or "nothing"
+    return f"objective.metric={metric!r} was never logged; the module logged {known}"
+
+
 def _train(cfg: DictConfig) -> float | list[float]:
     check(cfg)
+    check_trusted(cfg, trusted_targets())
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")  # TF32 matmuls where bf16 is not used
-    datamodule = _build(cfg, "data")
-    datamodule.prepare_data()  # a missing data set fails here, before any run is recorded
-    net = _build(
-        cfg, "model", input_shape=datamodule.input_shape, num_classes=datamodule.num_classes
-    )
+    datamodule = build.datamodule(cfg)
+    build.fill_sizes(cfg, datamodule)
+    module, factories = build.module(cfg)
     if cfg.compile:
-        net.compile()  # in place: state_dict keys (and so checkpoints) stay as they were
-    optimizer = _factory(cfg, "optimizer", _convert_="all")
-    scheduler = _factory(cfg, "scheduler")
-    with _config_errors("optimizer"):  # the partials fail now on a bad argument, not mid-run
-        trial_optimizer = optimizer(net.parameters())
-    with _config_errors("scheduler"):
-        scheduler(trial_optimizer, total_steps=100)
-    # The module clips gradients itself (it optimises by hand, which Lightning does not clip).
-    clip = cfg.trainer.get("gradient_clip_val"), cfg.trainer.get("gradient_clip_algorithm")
-    module = Classifier(net, datamodule.num_classes, optimizer, scheduler, *clip)
-    logger = _build(cfg, "logger") if cfg.logger else False
-    callbacks = [_build(cfg, f"callbacks.{name}") for name in cfg.callbacks or {}]
+        module.compile()  # in place: state_dict keys (and so checkpoints) stay as they were
+    if isinstance(module, TaskModule):  # the partials fail now on a bad argument, not mid-run
+        with build.config_errors("optimizer"):
+            trial_optimizer = module.optimizer_factory(module.parameters())
+        with build.config_errors("scheduler"):
+            module.scheduler_factory(trial_optimizer, total_steps=100)
+    logger = build.build(cfg, "logger") if cfg.logger else False
+    callbacks = [build.build(cfg, f"callbacks.{name}") for name in cfg.callbacks or {}]
     if not logger:  # Lightning refuses an LR monitor with nowhere to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    callbacks.append(StopOnRequest())
+    callbacks = [ObjectiveLogged(cfg.objective.metric), *callbacks, StopOnRequest()]
     sweep = current_trial()  # None unless a lit_tune sweep launched this run
     pruning = None
     if sweep is not None and sweep.reports:
         pruning = EpochsPruning(sweep.trial, monitor=cfg.objective.metric)
         callbacks.append(pruning)
     callbacks.append(tracking.ResultPlots())
-    trainer: L.Trainer = _build(
-        cfg,
-        "trainer",
-        callbacks=callbacks,
-        logger=logger,
-        plugins=[AtomicCheckpointIO()],
-        gradient_clip_val=None,
+    trainer: L.Trainer = build.build(
+        cfg, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()]
     )
     _check_launcher(cfg, trainer)
     tracking.nest(trainer.loggers, sweep)
-    with _config_errors("tune"):  # before the MLflow run exists: the params are what it found
-        found = tuning.find(cfg, trainer, module, datamodule)
-    if "optimizer.lr" in found:  # rebuilt, so that the schedule follows too (one_cycle's max_lr)
-        module.optimizer_factory = _factory(cfg, "optimizer", _convert_="all")
-        module.scheduler_factory = _factory(cfg, "scheduler")
-    num_parameters = count_parameters(net)
+    with build.config_errors("tune"):  # before the MLflow run exists: the params are found
+        found = tuning.find(cfg, trainer, module, datamodule, factories)
+    num_parameters = count_parameters(module)
     try:
         for each in trainer.loggers:  # under fast_dev_run, Lightning's no-op logger
             each.log_hyperparams({**tracking.flatten(cfg), "num_parameters": num_parameters})
@@ -142,42 +141,6 @@ def _train(cfg: DictConfig) -> float | list[float]:
     tracking.finish(trainer.loggers, "COMPLETE")
     log.info("objective %s = %s", cfg.objective.metric, " ".join(f"{v:.6f}" for v in values))
     return values[0] if len(values) == 1 else values
-
-
-def _build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
-    """instantiate(cfg.<key>); a constructor that rejects its arguments is a config error."""
-    with _config_errors(key):
-        return instantiate(OmegaConf.select(cfg, key), **kwargs)
-
-
-@dataclass(frozen=True)
-class Factory:
-    """A `_partial_: true` config node that pickles: a call instantiates the node (resolved
-    when built) under TRUSTED_TARGETS and calls the result. DDP spawn pickles the module,
-    factories included, to every process; Hydra's own partials refuse to be pickled."""
-
-    node: dict[str, Any]
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with execution_whitelist(TRUSTED_TARGETS):
-            return instantiate(self.node)(*args, **kwargs)
-
-
-def _factory(cfg: DictConfig, key: str, **kwargs: Any) -> Factory:
-    """The partial at cfg.<key> as a Factory; a bad target or argument fails here."""
-    _build(cfg, key, **kwargs)
-    node = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True))
-    return Factory({**node, **kwargs})
-
-
-@contextmanager
-def _config_errors(key: str) -> Iterator[None]:
-    try:
-        yield
-    except ConfigError:
-        raise  # names its own key
-    except (InstantiationException, TypeError, ValueError, MisconfigurationException) as error:
-        raise ConfigError(f"{key}: {first_line(error.__cause__ or error)}") from error
 
 
 class EpochsPruning(PyTorchLightningPruningCallback):
@@ -228,23 +191,44 @@ def _check_launcher(cfg: DictConfig, trainer: L.Trainer) -> None:
 
 
 def _objective(trainer: L.Trainer, objective: DictConfig, num_parameters: int) -> list[float]:
-    """The values of objective.metric and objective.extra, in that order; all finite."""
+    """The values of objective.metric and objective.extra, in that order; all finite. That of
+    objective.metric is the best of the run (what its best checkpoint scored) where a
+    checkpoint watched it, else its last."""
     logged = {**trainer.callback_metrics, "num_parameters": num_parameters}
+    best = trainer.checkpoint_callback
     values = []
     for metric in [objective.metric, *objective.get("extra", [])]:
         if metric not in logged:
-            known = ", ".join(sorted(logged))
-            raise ConfigError(f"objective.metric={metric!r} was never logged; logged: {known}")
-        value = float(logged[metric])  # type: ignore[arg-type]
+            raise ConfigError(_not_logged(metric, trainer.callback_metrics))
+        value = logged[metric]
+        if (
+            metric == objective.metric
+            and isinstance(best, ModelCheckpoint)
+            and best.monitor == metric
+            and best.best_model_score is not None
+        ):
+            value = best.best_model_score
+        value = float(value)  # type: ignore[arg-type]
         if not math.isfinite(value):
             raise FloatingPointError(f"objective {metric} is {value}")
         values.append(value)
     return values
 
 
-def main() -> None:
-    """`python train.py [overrides]` trains once, `python train.py -m [sweep overrides]` sweeps."""
+def main(trusted: Sequence[str] = (), config_dir: str | Path | None = None) -> None:
+    """`python train.py [overrides]` trains once, `python train.py -m [sweep overrides]` sweeps.
+
+    `trusted`: more `_target_` patterns a config may name (`"myproj.*"`); `config_dir`: a folder
+    of config groups of your own, searched after lit_tune's. Both can also be given in the
+    `[tool.lit_tune]` table of your project's pyproject.toml (README, "Tune your own model")."""
     with one_line_errors():
+        where, settings = project_settings()
+        patterns = [*trusted, *settings.get("trusted", [])]
+        os.environ[ENV] = ",".join([*os.environ.get(ENV, "").split(","), *patterns]).strip(",")
+        folder = config_dir or settings.get("config_dir")
+        if folder is not None and not {"--config-dir", "-cd"} & set(sys.argv):
+            base = where.parent if where is not None and config_dir is None else Path.cwd()
+            sys.argv[1:1] = ["--config-dir", str((base / folder).resolve())]
         check_choices(sys.argv[1:], Path(CONF_DIR))
     try:
         _hydra_main()

@@ -1,7 +1,8 @@
-"""The datasets of `conf/data/`: scikit-learn's digits, MNIST and Fashion-MNIST.
+"""Data sets that fit in memory: the base of digits, MNIST, Fashion-MNIST, CIFAR-10 and tabular.
 
-All three fit in memory. Each is loaded once per process as uint8, split with a fixed seed and
-normalised once with the training split's mean and std. Two ways to serve it (`data.loader`):
+Each is loaded once per process, split with a fixed seed and normalised once with the training
+split's statistics: per channel for images, per feature for tabular data. Two ways to serve it
+(`data.loader`):
 
 - `device` (default): the normalised tensors live on the training device (the GPU when there is
   one); a batch is one index operation on that device: no per-sample Python, no workers.
@@ -9,41 +10,30 @@ normalised once with the training split's mean and std. Two ways to serve it (`d
   for per-sample transforms. Same examples, same order, same values as `device`.
 
 Both take the order of epoch e from `epoch_order(n, seed, e)`, so that a run resumed at epoch e
-sees the batches an uninterrupted run would have seen, on any device.
-
-Training batches come `steps_per_execution` at a time (Keras's name for it): the loader serves
-that many batches' examples in one piece and `on_after_batch_transfer` cuts it into a list of
-batches, each one optimizer step of the module. Lightning's bookkeeping (hooks, callbacks,
-progress) then runs once per piece, not once per step: it costs about 1 ms a batch on our
-CPU (docs/benchmarks.md). The batches and their order are those of `steps_per_execution=1`.
+sees the batches an uninterrupted run would have seen, on any device. On the fast path of the
+built-in modules (lit_tune/fast_path.py) a training batch holds several batches' examples,
+cut into its batches after the transfer.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-import torchvision
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lit_tune.config import ConfigError
+from lit_tune import fast_path
 
-IDX_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 Pair = tuple[Tensor, Tensor]
+Task = Literal["binary", "multiclass", "regression"]
 
 # One data set per process (the last one asked for): a sweep's trials in one worker process
 # load and normalise it once. Keys hold everything the tensors depend on.
-_loaded: dict[tuple[Any, ...], tuple[dict[str, Pair], Tensor, Tensor]] = {}
+_loaded: dict[tuple[Any, ...], tuple[dict[str, Pair], Tensor, Tensor, dict[str, Any]]] = {}
 _resident: dict[tuple[Any, ...], dict[str, Pair]] = {}
 
 
@@ -115,14 +105,14 @@ class DeviceBatches:
 class _Examples(Dataset[Pair]):
     """Single raw examples, normalised one at a time (the DataLoader path)."""
 
-    def __init__(self, x: Tensor, y: Tensor, mean: Tensor, std: Tensor, shape: tuple) -> None:
-        self.x, self.y, self.mean, self.std, self.shape = x, y, mean, std, shape
+    def __init__(self, x: Tensor, y: Tensor, mean: Tensor, std: Tensor) -> None:
+        self.x, self.y, self.mean, self.std = x, y, mean.squeeze(0), std.squeeze(0)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, i: int) -> Pair:
-        return normalise(self.x[i], self.mean, self.std).reshape(self.shape), self.y[i]
+        return normalise(self.x[i], self.mean, self.std), self.y[i]
 
 
 def random_shift(images: Tensor, pixels: int) -> Tensor:
@@ -138,17 +128,42 @@ def random_shift(images: Tensor, pixels: int) -> Tensor:
     return padded[batch, channel, rows, cols]
 
 
-def normalise(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+def normalise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """(x - mean) / std in float32: one formula for both paths, so both give the same bits."""
-    return (images.float() - mean) / std
+    return (x.float() - mean) / std
+
+
+def split_off_test(
+    x: Tensor, y: Tensor, fraction: float, seed: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x, y) of the rest, then of a test split of `fraction`. The test split is drawn with its
+    own seed offset, so that changing the validation fraction never moves a test example into
+    training."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))
+    n_test = max(1, round(fraction * len(x)))
+    test, rest = order[:n_test], order[n_test:]
+    return x[rest], y[rest], x[test], y[test]
+
+
+def statistics(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and std of a training split (N, C, ...) per channel (per feature for (N, F)),
+    shaped to broadcast over it; a constant channel gets std 1."""
+    dims = (0, *range(2, x.ndim))
+    x = x.float()
+    mean, std = x.mean(dim=dims, keepdim=True), x.std(dim=dims, keepdim=True)
+    return mean, torch.where(std > 0, std, torch.ones_like(std))
 
 
 class InMemoryData(L.LightningDataModule):
-    """Base: subclasses say how to `load` (train x, train y, test x, test y) as tensors and
-    what `key` (beyond the class) identifies the data they load."""
+    """Base: a subclass says how to `load` (train x, train y, test x, test y), x shaped
+    (N, *input_shape), and what `key` (beyond the class) identifies the data it loads.
 
-    input_shape: tuple[int, int, int]
+    The sizes a net or a module reads (`input_shape`, `num_classes`, `num_outputs`, ...; see
+    README, "Tune your own model") are attributes, known once the data is loaded."""
+
+    task: Task = "multiclass"
     num_classes: int = 10
+    serves_pieces = True  # the fast path may serve it several batches at a time
 
     def __init__(
         self,
@@ -158,7 +173,6 @@ class InMemoryData(L.LightningDataModule):
         loader: Literal["device", "dataloader"] = "device",
         num_workers: int = 0,
         shift: int = 0,
-        steps_per_execution: int = 1,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -167,7 +181,6 @@ class InMemoryData(L.LightningDataModule):
         self.loader = loader
         self.num_workers = num_workers
         self.shift = shift
-        self.steps_per_execution = steps_per_execution
         self.splits: dict[str, Pair] = {}  # `device`: normalised, on the training device
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -175,6 +188,32 @@ class InMemoryData(L.LightningDataModule):
 
     def key(self) -> tuple[Any, ...]:
         return ()
+
+    def found_while_loading(self) -> dict[str, Any]:
+        """Attributes `load` set (class names, say): cached with the tensors, and set again on
+        an instance that finds them cached."""
+        return {}
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self._raw()[0]["train"][0].shape[1:])
+
+    @property
+    def num_features(self) -> int:
+        """The size of one example, flattened."""
+        return math.prod(self.input_shape)
+
+    @property
+    def num_outputs(self) -> int:
+        """What a net's head must give: a logit per class, or a value per target."""
+        return self.num_targets if self.task == "regression" else self.num_classes
+
+    @property
+    def num_targets(self) -> int:
+        if self.task != "regression":
+            raise AttributeError("num_targets: a classification data set has classes")
+        y = self._raw()[0]["train"][1]
+        return 1 if y.ndim == 1 else int(y.shape[1])
 
     def _cache_key(self) -> tuple[Any, ...]:
         return (type(self), self.key(), self.val_fraction, self.seed)
@@ -187,14 +226,18 @@ class InMemoryData(L.LightningDataModule):
             order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
             n_val = max(1, round(self.val_fraction * len(x)))
             val, train = order[:n_val], order[n_val:]
-            x_train = x[train].float()
             _loaded.clear()
             _loaded[key] = (
                 {"train": (x[train], y[train]), "val": (x[val], y[val]), "test": (x_test, y_test)},
-                x_train.mean(),
-                x_train.std(),
+                *statistics(x[train]),
+                self.found_while_loading(),
             )
-        return _loaded[key]
+        splits, mean, std, found = _loaded[key]
+        vars(self).update(found)
+        return splits, mean, std
+
+    def train_examples(self) -> int:
+        return len(self._raw()[0]["train"][1])
 
     def setup(self, stage: str | None = None) -> None:
         if self.loader == "dataloader":
@@ -207,52 +250,43 @@ class InMemoryData(L.LightningDataModule):
             mean, std = mean.to(device), std.to(device)
             _resident.clear()
             _resident[key] = {
-                name: (
-                    normalise(x.to(device), mean, std).reshape(-1, *self.input_shape),
-                    y.to(device),
-                )
+                name: (normalise(x.to(device), mean, std), y.to(device))
                 for name, (x, y) in raw.items()
             }
         self.splits = _resident[key]
 
-    def steps_per_batch(self) -> int:
-        """Optimizer steps in one training batch of the loader: steps_per_execution, except
-        under DDP, whose gradient sync expects one forward and one backward per step."""
-        trainer = self.trainer
-        return 1 if trainer is not None and trainer.world_size > 1 else self.steps_per_execution
-
-    def optimizer_steps(self, loader_batches: int) -> int:
-        """Optimizer steps in an epoch of `loader_batches` training batches (the last batch
-        of an epoch holds the examples that are left, maybe fewer steps)."""
-        steps = math.ceil(len(self._raw()[0]["train"][1]) / self.batch_size)
-        return min(loader_batches * self.steps_per_batch(), steps)
-
     def _loader(self, split: str, shuffle: bool = False) -> DeviceBatches | DataLoader:
         raw, mean, std = self._raw()
         x, y = raw[split]
+        trainer = self.trainer
+        # Lightning overfits fixed batches by swapping a DataLoader's sampler: do it here too.
+        shuffle = shuffle and not (trainer is not None and trainer.overfit_batches)
         sampler = EpochOrder(len(y), shuffle, self.seed)
-        batch_size = self.batch_size * (self.steps_per_batch() if split == "train" else 1)
+        steps = fast_path.steps_per_batch(trainer) if split == "train" else 1
+        batch_size = self.batch_size * steps
         if self.loader == "dataloader":
             return DataLoader(
-                _Examples(x, y, mean, std, self.input_shape),
+                _Examples(x, y, mean, std),
                 batch_size=batch_size,
                 sampler=sampler,
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
                 pin_memory=torch.cuda.is_available(),
             )
-        trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         return DeviceBatches(*self.splits[split], batch_size, sampler, rank, world)
 
     def on_after_batch_transfer(self, batch: Pair, dataloader_idx: int) -> Pair | list[Pair]:
-        """A training batch: shifted (`shift`), then cut into its steps' batches."""
+        """A training batch: shifted (`shift`), then, on the fast path, cut into its steps'
+        batches."""
         if self.trainer is None or not self.trainer.training:
             return batch
         x, y = batch
         if self.shift:
             x = random_shift(x, self.shift)
-        return list(zip(x.split(self.batch_size), y.split(self.batch_size), strict=True))
+        if fast_path.steps_per_batch(self.trainer) == 1:
+            return x, y
+        return fast_path.split((x, y), self.batch_size)
 
     def train_dataloader(self) -> DeviceBatches | DataLoader:
         return self._loader("train", shuffle=True)
@@ -262,99 +296,3 @@ class InMemoryData(L.LightningDataModule):
 
     def test_dataloader(self) -> DeviceBatches | DataLoader:
         return self._loader("test")
-
-
-class Digits(InMemoryData):
-    """scikit-learn's bundled 8x8 digits (1,797 images); test_fraction of them held out."""
-
-    input_shape = (1, 8, 8)
-
-    def __init__(
-        self, batch_size: int, val_fraction: float, test_fraction: float, seed: int, **serve: Any
-    ) -> None:
-        super().__init__(batch_size, val_fraction, seed, **serve)
-        self.test_fraction = test_fraction
-
-    def key(self) -> tuple[Any, ...]:
-        return (self.test_fraction,)
-
-    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        x = torch.as_tensor(digits.images).to(torch.uint8)  # grey levels 0..16
-        y = torch.as_tensor(digits.target, dtype=torch.long)
-        # The test split is drawn with its own seed offset, so that changing the
-        # validation fraction never moves a test example into training.
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed + 1))
-        n_test = max(1, round(self.test_fraction * len(x)))
-        test, rest = order[:n_test], order[n_test:]
-        return x[rest], y[rest], x[test], y[test]
-
-
-def check_idx(path: Path) -> None:
-    """Raise ConfigError unless `path` is an IDX file of the size its header promises."""
-    with path.open("rb") as f:
-        header = f.read(4)
-        ndim = header[3] if len(header) == 4 and header[:2] == b"\0\0" else 0
-        dims = f.read(4 * ndim)
-    if ndim == 0 or len(dims) < 4 * ndim:
-        raise ConfigError(f"data.data_dir: {path} is not an IDX file (bad header)")
-    expected = (
-        4 + 4 * ndim + math.prod(int.from_bytes(dims[i : i + 4]) for i in range(0, 4 * ndim, 4))
-    )
-    if path.stat().st_size != expected:
-        raise ConfigError(
-            f"data.data_dir: {path} has {path.stat().st_size} bytes, its header says "
-            f"{expected}; the file is cut short or corrupt"
-        )
-
-
-class MNIST(InMemoryData):
-    """MNIST's 60k/10k IDX files under `data_dir/MNIST/raw`, via torchvision."""
-
-    input_shape = (1, 28, 28)
-    dataset = torchvision.datasets.MNIST
-
-    def __init__(
-        self,
-        data_dir: str,
-        batch_size: int,
-        val_fraction: float,
-        seed: int,
-        download: bool = True,
-        **serve: Any,
-    ) -> None:
-        super().__init__(batch_size, val_fraction, seed, **serve)
-        self.data_dir = data_dir
-        self.download = download
-
-    def key(self) -> tuple[Any, ...]:
-        return (self.dataset.__name__, str(Path(self.data_dir).resolve()))
-
-    def prepare_data(self) -> None:
-        raw = (Path(self.data_dir) / self.dataset.__name__ / "raw").resolve()
-        if all((raw / name).is_file() for name in IDX_FILES):
-            for name in IDX_FILES:  # what torchvision would check, and that none is cut short
-                check_idx(raw / name)
-            return
-        try:
-            self.dataset(self.data_dir, train=True, download=self.download)
-            self.dataset(self.data_dir, train=False, download=self.download)
-        except (RuntimeError, OSError) as error:
-            tried = "the download failed" if self.download else "download is off"
-            raise ConfigError(
-                f"data.data_dir: no {self.dataset.__name__} files in {raw} and {tried}; put "
-                f"{', '.join(IDX_FILES)} (or the same names with .gz) there"
-            ) from error
-
-    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        train = self.dataset(self.data_dir, train=True, download=False)
-        test = self.dataset(self.data_dir, train=False, download=False)
-        return train.data, train.targets, test.data, test.targets
-
-
-class FashionMNIST(MNIST):
-    """Fashion-MNIST: MNIST's IDX layout, under `data_dir/FashionMNIST/raw`."""
-
-    dataset = torchvision.datasets.FashionMNIST

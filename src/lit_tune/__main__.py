@@ -1,0 +1,5 @@
+"""`python -m lit_tune [overrides]`: the same as `lit-tune`."""
+
+from lit_tune.train import main
+
+main()
