@@ -114,12 +114,12 @@ class Tabular(InMemoryData):
             task = "regression" if floating else "binary" if labels.nunique() == 2 else "multiclass"
         self._task: Task = task
         if task == "regression":
-            y = torch.as_tensor(labels.to_numpy(dtype="float32"))
+            y = torch.tensor(labels.to_numpy(dtype="float32"))
         else:
             self._names = sorted(labels.astype(str).unique())
             codes = labels.astype(str).map({name: i for i, name in enumerate(self._names)})
-            y = torch.as_tensor(codes.to_numpy(dtype="int64"))
-        features_tensor = torch.as_tensor(x.to_numpy(dtype="float32"))
+            y = torch.tensor(codes.to_numpy(dtype="int64"))
+        features_tensor = torch.tensor(x.to_numpy(dtype="float32"))
         return split_off_test(features_tensor, y, self.test_fraction, self.seed)
 
     def found_while_loading(self) -> dict[str, Any]:
