@@ -56,8 +56,8 @@ test: install
 	$(PY) -m pytest -n 2 $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench train.py
-	$(VENV)/bin/ruff format --check src tests bench train.py
+	$(VENV)/bin/ruff check src tests bench train.py examples
+	$(VENV)/bin/ruff format --check src tests bench train.py examples
 	$(VENV)/bin/mypy
 
 ui: install  ## the store under MLRUNS on 127.0.0.1:PORT

@@ -13,7 +13,14 @@ MNIST, MLP 784-256-256-10, batch 128, Adam, no LR schedule. Each figure is min/m
      launcher add), beyond its MLflow run, and beyond its epochs (train + validation);
   d. the peak RSS of a sweep;
   e. on a GPU (or with --time-to-accuracy): seconds until a CNN reaches 99 % val/acc, and the
-     test/acc of its best checkpoint.
+     test/acc of its best checkpoint;
+  f. a user's own LightningModule (tests/userproj: lightning-hydra-template's style, automatic
+     optimisation, self.log at every step, its own net 784-256-10) run by `lit-tune` from its
+     project, against the plain loop of the same net, optimizer and batches.
+
+--against DIR measures (a)'s pipeline of another checkout too (e.g. a `git worktree` of an older
+commit), interleaved with this one's, so that the two ratios are measured side by side.
+--parts picks figures (e.g. --parts af).
 
 Writes bench/results/speed-<device>.json. Usage: python bench/speed.py --data-dir ../shared/data
 """
@@ -25,6 +32,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +50,7 @@ from lit_tune.data import MNIST
 from lit_tune.models import MLP
 
 ROOT = Path(__file__).resolve().parents[1]
+USERPROJ = ROOT / "tests" / "userproj"
 MODEL = ["model=mlp", "model.hidden_layers=2", "model.width=256", "model.dropout=0.0"]
 COMMON = [*MODEL, "data=mnist", "data.batch_size=128", "optimizer=adam", "scheduler=none"]
 
@@ -54,12 +63,19 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
-def run(args: list[str], workdir: Path) -> tuple[float, float]:
-    """Run train.py with `args` in `workdir`; return its wall seconds and peak RSS (MiB)."""
+def run(
+    args: list[str], workdir: Path, root: Path = ROOT, command: list[str] | None = None
+) -> tuple[float, float]:
+    """Run `root`'s train.py (or `command`) with `args` in `workdir`; return its wall seconds
+    and peak RSS (MiB). Another checkout's `root` runs its own package (PYTHONPATH)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if root != ROOT:
+        env["PYTHONPATH"] = str(root / "src")
+    if command:
+        env["PYTHONPATH"] = str(workdir)  # the user's project, as `pip install -e .` makes it
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args],
+        [*(command or [sys.executable, str(root / "train.py")]), *args],
         cwd=workdir,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -78,8 +94,16 @@ def child_runs(workdir: Path) -> list:
     return [(client, r) for r in runs if r.data.tags.get("lit_tune.role") != "sweep"]
 
 
-def pipeline_epoch(data_dir: str, epochs: int, loader: str) -> float:
-    """Median seconds per epoch of `python train.py`, from the times MLflow logged each epoch."""
+def epoch_seconds(workdir: Path) -> float:
+    """The median seconds per epoch of the one run in `workdir`'s mlruns/, from the times
+    MLflow logged val/acc (each epoch's end), after the first epoch."""
+    [(client, found)] = child_runs(workdir)
+    stamps = [m.timestamp for m in client.get_metric_history(found.info.run_id, "val/acc")]
+    return statistics.median((b - a) / 1000 for a, b in itertools.pairwise(stamps[1:]))
+
+
+def pipeline_epoch(data_dir: str, epochs: int, loader: str, root: Path = ROOT) -> float:
+    """Median seconds per epoch of `python train.py` (of checkout `root`)."""
     with tempfile.TemporaryDirectory() as tmp:
         run(
             [
@@ -90,16 +114,51 @@ def pipeline_epoch(data_dir: str, epochs: int, loader: str) -> float:
                 f"callbacks.early_stopping.patience={epochs}",
             ],
             Path(tmp),
+            root,
         )
-        [(client, found)] = child_runs(Path(tmp))
-        stamps = [m.timestamp for m in client.get_metric_history(found.info.run_id, "val/acc")]
-    return statistics.median((b - a) / 1000 for a, b in itertools.pairwise(stamps[1:]))
+        return epoch_seconds(Path(tmp))
 
 
-def plain_loop_epoch(batches, val_batches, epochs: int, device: torch.device) -> float:
+def user_module_epoch(data_dir: str, epochs: int) -> float:
+    """(f) Median seconds per epoch of the user's template-style module, run by `lit-tune`
+    in a copy of its project: automatic optimisation, one optimizer step per batch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp) / "userproj"
+        shutil.copytree(USERPROJ, project)
+        run(
+            [
+                "module=lit",
+                "data=mnist",
+                f"data.data_dir={data_dir}",
+                "data.batch_size=128",
+                "module.net.hidden=256",
+                "module.optimizer.lr=0.001",
+                f"trainer.max_epochs={epochs}",
+                f"callbacks.early_stopping.patience={epochs}",
+            ],
+            project,
+            command=[str(Path(sys.executable).parent / "lit-tune")],
+        )
+        return epoch_seconds(project)
+
+
+def mlp() -> torch.nn.Module:
+    """The built-in MLP the pipeline's figures train."""
+    return MLP(input_shape=(1, 28, 28), num_outputs=10, hidden_layers=2, width=256)
+
+
+def user_net() -> torch.nn.Module:
+    """(f) The user's own net, as tests/userproj's module=lit builds it for MNIST."""
+    sys.path.insert(0, str(USERPROJ))
+    from userproj.nets import TinyNet
+
+    return TinyNet(784, 10, hidden=256)
+
+
+def plain_loop_epoch(batches, val_batches, epochs: int, device: torch.device, net=mlp) -> float:
     """Median seconds per epoch of the loop one writes by hand: train, then validate."""
     torch.manual_seed(0)
-    model = MLP(input_shape=(1, 28, 28), num_classes=10, hidden_layers=2, width=256).to(device)
+    model = net().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     times = []
     for epoch in range(epochs):
@@ -122,7 +181,7 @@ def plain_loop_epoch(batches, val_batches, epochs: int, device: torch.device) ->
     return statistics.median(times[1:])
 
 
-def tensor_loop(data_dir: str, epochs: int, device: torch.device) -> float:
+def tensor_loop(data_dir: str, epochs: int, device: torch.device, net=mlp) -> float:
     dm = MNIST(data_dir, batch_size=128, val_fraction=0.1, seed=0, download=False)
     dm.setup()
     (x, y), (vx, vy) = ((t.to(device) for t in dm.splits[s]) for s in ("train", "val"))
@@ -134,7 +193,7 @@ def tensor_loop(data_dir: str, epochs: int, device: torch.device) -> float:
     def val_batches():
         return zip(vx.split(128), vy.split(128), strict=True)
 
-    return plain_loop_epoch(batches, val_batches, epochs, device)
+    return plain_loop_epoch(batches, val_batches, epochs, device, net)
 
 
 def torchvision_loop(data_dir: str, epochs: int, device: torch.device) -> float:
@@ -225,6 +284,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--trials", type=int, nargs=2, default=[2, 12], metavar=("FEW", "MANY"))
+    parser.add_argument("--parts", default="abcdef", help="which figures (letters) to measure")
+    parser.add_argument(
+        "--against", type=Path, help="another checkout whose pipeline (a) to measure alongside"
+    )
     parser.add_argument(
         "--time-to-accuracy",
         type=float,
@@ -237,23 +300,32 @@ def main() -> None:
     data_dir = str(Path(args.data_dir).resolve())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+    epochs, parts = args.epochs, args.parts
+    measures = {
+        "plain_loop_tensors": ("a", lambda: tensor_loop(data_dir, epochs, device)),
+        "pipeline": ("a", lambda: pipeline_epoch(data_dir, epochs, "device")),
+        "pipeline_against": (
+            "a" if args.against else "",
+            lambda: pipeline_epoch(data_dir, epochs, "device", args.against.resolve()),
+        ),
+        "plain_loop_torchvision": ("b", lambda: torchvision_loop(data_dir, epochs, device)),
+        "pipeline_dataloader": ("b", lambda: pipeline_epoch(data_dir, epochs, "dataloader")),
+        "plain_loop_user_net": ("f", lambda: tensor_loop(data_dir, epochs, device, user_net)),
+        "user_module": ("f", lambda: user_module_epoch(data_dir, epochs)),
+    }
     figures: dict[str, list[float]] = {}
     for _ in range(args.repeats):  # interleaved, so that a slow spell hits every figure
-        for name, measure in [
-            ("plain_loop_tensors", lambda: tensor_loop(data_dir, args.epochs, device)),
-            ("pipeline", lambda: pipeline_epoch(data_dir, args.epochs, "device")),
-            ("plain_loop_torchvision", lambda: torchvision_loop(data_dir, args.epochs, device)),
-            ("pipeline_dataloader", lambda: pipeline_epoch(data_dir, args.epochs, "dataloader")),
-        ]:
-            figures.setdefault(name, []).append(measure())
-            print(name, round(figures[name][-1], 3), flush=True)
+        for name, (part, measure) in measures.items():
+            if part and part in parts:
+                figures.setdefault(name, []).append(measure())
+                print(name, round(figures[name][-1], 3), flush=True)
 
     # Per-trial overhead: the slope, over two sweep sizes, of wall time minus time inside.
     # Sweeps of both sizes pay the same start-up (imports, stores, the closing report) once.
     few, many = args.trials
     overhead: dict[str, list[float]] = {"beyond_epochs": [], "beyond_runs": [], "sweeper": []}
     rss = []
-    for _ in range(args.repeats):
+    for _ in range(args.repeats if "c" in parts or "d" in parts else 0):
         small, large = sweep_cost(data_dir, few), sweep_cost(data_dir, many)
         inside_of = {"beyond_epochs": "epochs", "beyond_runs": "runs", "sweeper": "trials"}
         for name, inside in inside_of.items():
@@ -263,6 +335,7 @@ def main() -> None:
         print("overhead per trial", overhead, "peak MiB", round(rss[-1]), flush=True)
 
     to_accuracy = args.time_to_accuracy or ((0.99, 15) if device.type == "cuda" else None)
+    to_accuracy = to_accuracy if "e" in parts else None
     reached = []
     if to_accuracy:
         target, epochs = to_accuracy
@@ -271,6 +344,10 @@ def main() -> None:
             print("time to accuracy", reached[-1], flush=True)
 
     median = {name: statistics.median(values) for name, values in figures.items()}
+
+    def ratio(top: str, bottom: str, digits: int = 3) -> float | None:
+        return round(median[top] / median[bottom], digits) if top in median else None
+
     summary = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
@@ -279,15 +356,19 @@ def main() -> None:
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "torch": torch.__version__,
         },
-        "settings": vars(args),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "seconds_per_epoch": {name: spread(values) for name, values in figures.items()},
-        "a_pipeline_over_plain_loop": round(median["pipeline"] / median["plain_loop_tensors"], 3),
-        "b_torchvision_over_pipeline": round(
-            median["plain_loop_torchvision"] / median["pipeline"], 2
-        ),
-        "c_overhead_seconds_per_trial": {k: spread(v) for k, v in overhead.items()},
-        "d_sweep_peak_rss_mib": spread(rss),
+        "a_pipeline_over_plain_loop": ratio("pipeline", "plain_loop_tensors"),
+        "a_against_over_plain_loop": ratio("pipeline_against", "plain_loop_tensors"),
+        "b_torchvision_over_pipeline": ratio("plain_loop_torchvision", "pipeline", 2),
+        "f_user_module_over_its_plain_loop": ratio("user_module", "plain_loop_user_net"),
     }
+    if overhead["sweeper"]:
+        summary["c_overhead_seconds_per_trial"] = {k: spread(v) for k, v in overhead.items()}
+        summary["d_sweep_peak_rss_mib"] = spread(rss)
+    if "f" in parts:
+        per_epoch = median["user_module"] - median["plain_loop_user_net"]
+        summary["f_user_module_overhead_seconds_per_epoch"] = round(per_epoch, 3)
     if to_accuracy:
         seconds = [r["seconds"] for r in reached if r["seconds"] is not None]
         summary["e_time_to_accuracy"] = {

@@ -129,9 +129,9 @@ def test_a_template_style_module_survives_a_kill_is_pruned_and_tests_its_best(pr
                 trials = load(project, "lit").trials
             except KeyError:
                 continue
-            if any(t.number == 1 and t.state == TrialState.RUNNING for t in trials):
-                if 1 in mlflow_runs(project, "lit")[1]:
-                    break
+            running = any(t.number == 1 and t.state == TrialState.RUNNING for t in trials)
+            if running and 1 in mlflow_runs(project, "lit")[1]:
+                break
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
@@ -233,6 +233,23 @@ def test_a_template_style_module_runs_under_ddp_spawn(project: Path):
     assert "test/acc" in run.data.metrics
 
 
+def test_a_module_without_a_test_step_is_tuned_on_validation_alone(project: Path):
+    result = lit_tune(
+        "module=plain",
+        "module._target_=userproj.plain.TrainOnly",
+        "data=userdigits",
+        "trainer.max_epochs=2",
+        *QUIET,
+        cwd=project,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(objectives(result.stdout)) == 1
+    client = MlflowClient(f"sqlite:///{project}/mlruns/mlflow.db")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED" and "val_acc" in run.data.metrics
+    assert not [name for name in run.data.metrics if name.startswith("test")]
+
+
 def test_a_train_py_of_your_own_trusts_your_package(project: Path):
     (project / "pyproject.toml").unlink()  # no project settings: main's arguments alone
     (project / "train.py").write_text(
@@ -284,6 +301,16 @@ def test_bad_input_of_your_own_fails_in_one_line(case: str, project: Path):
         client = MlflowClient(f"sqlite:///{store}")
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
         assert "RUNNING" not in [r.info.status for r in runs]
+
+
+def test_a_config_of_yours_that_ours_would_hide_is_refused(project: Path):
+    (project / "conf" / "model" / "mlp.yaml").write_text("_target_: userproj.nets.TinyNet\n")
+    result = lit_tune("model=mlp", cwd=project)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: {project}/conf/model/mlp.yaml: lit_tune has model=mlp too, and Hydra reads "
+        "lit_tune's; give yours another name"
+    )
 
 
 def test_an_untrusted_target_says_how_to_trust_it(project: Path):

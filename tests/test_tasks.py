@@ -16,8 +16,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from lit_tune.config import ConfigError
-from lit_tune.data import CIFAR10, ImageFolder, Tabular
-from lit_tune.data import memory
+from lit_tune.data import CIFAR10, ImageFolder, Tabular, memory
 
 QUIET = ["callbacks.progress_bar.refresh_rate=0"]
 

@@ -96,7 +96,7 @@ def datamodule(cfg: DictConfig) -> L.LightningDataModule:
 def _missing(node: Any, prefix: str) -> Iterator[str]:
     """The keys under `node` whose value is `???` (not following interpolations)."""
     if isinstance(node, DictConfig):
-        for key in node:
+        for key in map(str, node):
             if OmegaConf.is_missing(node, key):
                 yield f"{prefix}{key}"
             elif not OmegaConf.is_interpolation(node, key):
@@ -160,7 +160,7 @@ def _factories(node: Any, key: str, made: dict[str, Factory]) -> Any:
         if node.get("_partial_") is True:
             made[key] = Factory(cast(dict, OmegaConf.to_container(node, resolve=True)))
             return made[key]
-        return {str(k): _factories(node[k], f"{key}.{k}", made) for k in node}
+        return {str(k): _factories(node[k], f"{key}.{k}", made) for k in map(str, node)}
     if isinstance(node, ListConfig):
         return [_factories(v, f"{key}.{i}", made) for i, v in enumerate(node)]
     return node
@@ -179,7 +179,9 @@ def module(cfg: DictConfig) -> tuple[L.LightningModule, dict[str, Factory]]:
     up to date with the config)."""
     node = cfg.module
     made: dict[str, Factory] = {}
-    kwargs = {str(k): _factories(node[k], f"module.{k}", made) for k in node if _has_partial(node[k])}
+    kwargs = {
+        str(k): _factories(node[k], f"module.{k}", made) for k in node if _has_partial(node[k])
+    }
     built = build(cfg, "module", **kwargs)
     if not isinstance(built, L.LightningModule):
         raise ConfigError(
@@ -204,6 +206,6 @@ def optimizer_node(cfg: DictConfig) -> str | None:
     if not (isinstance(node, DictConfig) and node.get("_partial_") is True):
         return None
     if OmegaConf.is_interpolation(cfg.module, "optimizer"):
-        reference = str(OmegaConf.to_container(cfg.module, resolve=False)["optimizer"])  # type: ignore[index]
+        reference = str(cast(dict, OmegaConf.to_container(cfg.module, resolve=False))["optimizer"])
         return reference.removeprefix("${").removesuffix("}")
     return "module.optimizer"

@@ -243,6 +243,8 @@ def check_choices(args: list[str], conf_dir: Path) -> None:
     if "--shell-completion" in args or "-sc" in args:
         return  # its arguments (install=bash, query=bash) are no overrides
     conf_dirs = [conf_dir, *_extra_config_dirs(args)]
+    for extra in conf_dirs[1:]:
+        _check_not_shadowed(extra, conf_dir)
     parser = OverridesParser.create()
     overrides = []
     for arg in args:
@@ -346,7 +348,8 @@ def _check_key(cfg: DictConfig, key: str) -> None:
     parts = key.split(".")
     node: Any = cfg
     depth = 0
-    while depth < len(parts) and isinstance(node, DictConfig) and parts[depth] in node.keys():
+    # keys(), not `in node`: OmegaConf's `in` is False for a key whose value is ??? (missing).
+    while depth < len(parts) and isinstance(node, DictConfig) and parts[depth] in node.keys():  # noqa: SIM118
         node = node._get_node(parts[depth])
         depth += 1
     if depth == len(parts):
@@ -360,6 +363,20 @@ def _check_key(cfg: DictConfig, key: str) -> None:
     raise ConfigError(
         f"{key}: no such key; {hint}{where} has {', '.join(known)} (+{key}=... adds one)"
     )
+
+
+def _check_not_shadowed(extra: Path, ours: Path) -> None:
+    """Raise ConfigError for a config of `extra` that one of lit_tune's would hide: Hydra
+    searches lit_tune's folder first, so a user's conf/model/mlp.yaml would never be read."""
+    for path in sorted(extra.rglob("*.yaml")):
+        relative = path.relative_to(extra)
+        if (ours / relative).is_file():
+            group, option = relative.parent.as_posix(), relative.stem
+            name = f"{group}={option}" if group != "." else relative.name
+            raise ConfigError(
+                f"{path}: lit_tune has {name} too, and Hydra reads lit_tune's; "
+                "give yours another name"
+            )
 
 
 def _extra_config_dirs(args: list[str]) -> list[Path]:

@@ -48,8 +48,8 @@ def steps_per_batch(trainer: L.Trainer | None, module: L.LightningModule | None 
         trainer.world_size > 1  # DDP syncs gradients once per forward
         or trainer.accumulate_grad_batches != 1
         or bool(trainer.gradient_clip_val)
-        or bool(trainer.fast_dev_run)
-        or bool(trainer.overfit_batches)
+        or bool(getattr(trainer, "fast_dev_run", 0))
+        or bool(getattr(trainer, "overfit_batches", 0))
         or isinstance(trainer.limit_train_batches, int)
         or any(isinstance(c, BatchSizeFinder | LearningRateFinder) for c in trainer.callbacks)  # type: ignore[attr-defined]
     )

@@ -10,7 +10,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -52,10 +52,13 @@ class TaskModule(StepsPerExecution):
         self.val_metrics = nn.ModuleDict({k: self.build_metric(f) for k, f in metrics.items()})
         self.test_metrics = nn.ModuleDict({k: self.build_metric(f) for k, f in metrics.items()})
         self.best = nn.ModuleDict(
-            {k: MaxMetric() if m.higher_is_better else MinMetric() for k, m in self.val_metrics.items()}
+            {
+                k: MaxMetric() if m.higher_is_better else MinMetric()
+                for k, m in self.val_metrics.items()
+            }
         )
         for best in self.best.values():
-            best.persistent(True)  # in checkpoints: a resumed run keeps its best
+            cast(Metric, best).persistent(True)  # in checkpoints: a resumed run keeps its best
         # "disable": no NaN check, which would cost a device-to-host sync per batch. (It also
         # drops `weight` in torchmetrics 1.9, so the steps pass one loss per example.)
         self.val_loss = MeanMetric(nan_strategy="disable")
@@ -122,12 +125,13 @@ class TaskModule(StepsPerExecution):
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = self.optimizer_factory(self.parameters())
         schedule = self.scheduler_factory(optimizer, total_steps=self.total_steps())
-        return {"optimizer": optimizer, "lr_scheduler": self.schedule_config(schedule)}  # type: ignore[typeddict-item]
+        config = self.schedule_config(cast(dict[str, Any], schedule))
+        return {"optimizer": optimizer, "lr_scheduler": config}  # type: ignore[typeddict-item]
 
     def on_fit_start(self) -> None:
         if self.trainer.ckpt_path is None:  # a resumed run has its best from the checkpoint
             for best in self.best.values():
-                best.reset()
+                cast(Metric, best).reset()
         # On a GPU, convolutions run fastest on NHWC ("channels last") tensors.
         convolutional = any(isinstance(m, nn.Conv2d) for m in self.net.modules())
         self.channels_last = self.device.type == "cuda" and convolutional
@@ -142,7 +146,7 @@ class TaskModule(StepsPerExecution):
         loss.update(self.loss(output, y, "none"))
         predictions = self.predictions(output)
         for metric in metrics.values():
-            metric.update(predictions, y)
+            cast(Metric, metric).update(predictions, y)
         return output
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -152,12 +156,12 @@ class TaskModule(StepsPerExecution):
         # Logged once per epoch, like train/loss: see __init__.
         self.log("val/loss", self.val_loss)
         for i, (name, metric) in enumerate(self.val_metrics.items()):
-            self.log(f"val/{name}", metric, prog_bar=i == 0)
+            self.log(f"val/{name}", cast(Metric, metric), prog_bar=i == 0)
         if self.trainer.sanity_checking:
             return
         for i, (name, metric) in enumerate(self.val_metrics.items()):
-            best = self.best[name]
-            best(metric.compute())
+            best = cast(Metric, self.best[name])
+            best(cast(Metric, metric).compute())
             self.log(f"val/{name}_best", best.compute(), prog_bar=i == 0, sync_dist=True)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
@@ -166,7 +170,7 @@ class TaskModule(StepsPerExecution):
     def on_test_epoch_end(self) -> None:
         self.log("test/loss", self.test_loss)
         for name, metric in self.test_metrics.items():
-            self.log(f"test/{name}", metric)
+            self.log(f"test/{name}", cast(Metric, metric))
 
 
 class Classifier(TaskModule):
@@ -186,7 +190,13 @@ class Classifier(TaskModule):
     ) -> None:
         self.num_classes = num_classes
         self.task = "binary" if num_classes == 2 else "multiclass"
-        super().__init__(net, optimizer, scheduler, metrics or {"acc": torchmetrics.Accuracy}, steps_per_execution)
+        super().__init__(
+            net,
+            optimizer,
+            scheduler,
+            metrics or {"acc": torchmetrics.Accuracy},
+            steps_per_execution,
+        )
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.confusion: Tensor | None = None
 
@@ -210,7 +220,7 @@ class Classifier(TaskModule):
         self.test_confusion.reset()
 
 
-LOSSES = {
+LOSSES: dict[str, Callable[..., Tensor]] = {
     "mse": F.mse_loss,
     "mae": F.l1_loss,
     "huber": F.huber_loss,
@@ -241,7 +251,7 @@ class Regressor(TaskModule):
     ) -> None:
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}: one of {', '.join(LOSSES)}")
-        defaults = {
+        defaults: dict[str, MetricFactory] = {
             "mae": torchmetrics.MeanAbsoluteError,
             "rmse": functools.partial(torchmetrics.MeanSquaredError, squared=False),
             "r2": torchmetrics.R2Score,
@@ -258,7 +268,9 @@ class Regressor(TaskModule):
     def loss(self, output: Tensor, y: Tensor, reduction: Literal["mean", "none"]) -> Tensor:
         target = (y - self._scale(self.target_mean, y)) / self._scale(self.target_std, y)
         kwargs: dict[str, Any] = {"delta": self.huber_delta} if self.loss_name == "huber" else {}
-        return LOSSES[self.loss_name](self._standardised(output), target, reduction=reduction, **kwargs)
+        return LOSSES[self.loss_name](
+            self._standardised(output), target, reduction=reduction, **kwargs
+        )
 
     def predictions(self, output: Tensor) -> Tensor:
         output = self._standardised(output)

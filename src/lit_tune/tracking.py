@@ -135,7 +135,7 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 
     def walk(node: Any, prefix: str) -> None:
         if isinstance(node, DictConfig) and len(node):
-            for key in node:
+            for key in map(str, node):
                 if OmegaConf.is_missing(node, key):
                     flat[f"{prefix}{key}"] = "???"
                 elif OmegaConf.is_interpolation(node, key) and OmegaConf.is_config(node[key]):
@@ -143,7 +143,9 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
                 else:
                     walk(node[key], f"{prefix}{key}.")
         else:
-            value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+            value = (
+                OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+            )
             flat[prefix.rstrip(".")] = mask(value) if isinstance(value, str) else value
 
     walk(cfg, "")

@@ -21,6 +21,7 @@ from hydra.utils import execution_whitelist, to_absolute_path
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig
 from optuna_integration import PyTorchLightningPruningCallback
 
@@ -123,7 +124,8 @@ def _train(cfg: DictConfig) -> float | list[float]:
         values = _objective(trainer, cfg.objective, num_parameters)
         best = trainer.checkpoint_callback
         ckpt_path = "best" if isinstance(best, ModelCheckpoint) and best.best_model_path else None
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if _can_test(module, datamodule):
+            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         tracking.log_results(trainer.loggers, cfg)
     except optuna.TrialPruned as pruned:
         tracking.log_results(trainer.loggers, cfg)  # its curves show why
@@ -141,6 +143,15 @@ def _train(cfg: DictConfig) -> float | list[float]:
     tracking.finish(trainer.loggers, "COMPLETE")
     log.info("objective %s = %s", cfg.objective.metric, " ".join(f"{v:.6f}" for v in values))
     return values[0] if len(values) == 1 else values
+
+
+def _can_test(module: L.LightningModule, datamodule: L.LightningDataModule) -> bool:
+    """Whether the module has a test_step and the datamodule a test split (a module of the
+    user's that only trains and validates is tuned all the same, on its validation metric)."""
+    if is_overridden("test_step", module) and is_overridden("test_dataloader", datamodule):
+        return True
+    log.info("no test: the module has no test_step or the datamodule no test_dataloader")
+    return False
 
 
 class EpochsPruning(PyTorchLightningPruningCallback):

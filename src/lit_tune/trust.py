@@ -84,9 +84,7 @@ def trusted_targets() -> list[str]:
 
 def is_trusted(target: str, patterns: Iterable[str]) -> bool:
     """Hydra's rule: `pkg.*` allows every target below pkg; anything else names one target."""
-    return any(
-        target.startswith(p[:-1]) if p.endswith(".*") else target == p for p in patterns
-    )
+    return any(target.startswith(p[:-1]) if p.endswith(".*") else target == p for p in patterns)
 
 
 def targets(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
@@ -95,7 +93,7 @@ def targets(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
         target = node.get("_target_")
         if isinstance(target, str):
             yield f"{prefix}_target_", target
-        for key in node:
+        for key in map(str, node):
             if key != "_target_" and not OmegaConf.is_missing(node, key):
                 yield from targets(node[key], f"{prefix}{key}.")  # resolved
     elif isinstance(node, ListConfig):
@@ -106,7 +104,7 @@ def targets(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
 def check_trusted(cfg: DictConfig, patterns: list[str]) -> None:
     """Raise ConfigError naming the first `_target_` of the run's config (not Hydra's own,
     whose sweeper and launcher are chosen by installed plugins) that is not trusted."""
-    for key in cfg:
+    for key in map(str, cfg):
         if key == "hydra" or OmegaConf.is_missing(cfg, key):
             continue
         for where, target in targets(cfg[key], f"{key}."):

@@ -57,7 +57,7 @@ class ImageFolder(L.LightningDataModule):
         return Path(self.data_dir).resolve() / split
 
     def _layout(self) -> str:
-        """"train" when the folder has a train/ sub-folder, else "" (one folder, split here)."""
+        """ "train" when the folder has a train/ sub-folder, else "" (one folder, split here)."""
         return "train" if self._root("train").is_dir() else ""
 
     def prepare_data(self) -> None:

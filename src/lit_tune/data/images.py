@@ -145,7 +145,7 @@ class CIFAR10(_LocalFiles):
     python version torchvision downloads (it checks each file's md5 before unpickling it)."""
 
     dataset = torchvision.datasets.CIFAR10
-    files = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
+    files: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
     files += ("test_batch", "batches.meta")
     folder = "cifar-10-batches-py"
     also = " (unpack cifar-10-python.tar.gz into data_dir)"

@@ -260,7 +260,9 @@ class InMemoryData(L.LightningDataModule):
         x, y = raw[split]
         trainer = self.trainer
         # Lightning overfits fixed batches by swapping a DataLoader's sampler: do it here too.
-        shuffle = shuffle and not (trainer is not None and trainer.overfit_batches)
+        shuffle = shuffle and not (
+            trainer is not None and getattr(trainer, "overfit_batches", False)
+        )
         sampler = EpochOrder(len(y), shuffle, self.seed)
         steps = fast_path.steps_per_batch(trainer) if split == "train" else 1
         batch_size = self.batch_size * steps

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class PlainModule(L.LightningModule):
+class TrainOnly(L.LightningModule):
+    """Trains and validates; no test_step."""
+
     def __init__(self, num_features: int, num_classes: int, lr: float = 0.01, hidden: int = 64):
         super().__init__()
         self.save_hyperparameters()
@@ -29,9 +31,13 @@ class PlainModule(L.LightningModule):
         self.log("val_loss", F.cross_entropy(logits, y))
         self.log("val_acc", (logits.argmax(1) == y).float().mean())
 
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+class PlainModule(TrainOnly):
+    """And tests."""
+
     def test_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         self.log("test_acc", (self.net(x).argmax(1) == y).float().mean())
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)

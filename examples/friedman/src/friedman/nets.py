@@ -26,7 +26,11 @@ class ResidualMLP(nn.Module):
     """Features -> width, `blocks` residual blocks, -> one value per target."""
 
     def __init__(
-        self, num_features: int, num_outputs: int = 1, width: int = 64, blocks: int = 2,
+        self,
+        num_features: int,
+        num_outputs: int = 1,
+        width: int = 64,
+        blocks: int = 2,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
