@@ -366,6 +366,17 @@ def main() -> None:
     if overhead["sweeper"]:
         summary["c_overhead_seconds_per_trial"] = {k: spread(v) for k, v in overhead.items()}
         summary["d_sweep_peak_rss_mib"] = spread(rss)
+    # Pair by pair (the figures of one repeat ran one after another), so that the machine's
+    # drift between repeats cancels out of the ratios.
+    for top, bottom in [
+        ("pipeline", "plain_loop_tensors"),
+        ("pipeline_against", "plain_loop_tensors"),
+        ("pipeline", "pipeline_against"),
+        ("user_module", "plain_loop_user_net"),
+    ]:
+        if top in figures and bottom in figures:
+            pairs = [a / b for a, b in zip(figures[top], figures[bottom], strict=True)]
+            summary[f"paired_{top}_over_{bottom}"] = spread(pairs)
     if "f" in parts:
         per_epoch = median["user_module"] - median["plain_loop_user_net"]
         summary["f_user_module_overhead_seconds_per_epoch"] = round(per_epoch, 3)
