@@ -297,6 +297,8 @@ def main() -> None:
         "GPU: 0.99 within 15)",
     )
     args = parser.parse_args()
+    if args.epochs < 3:
+        parser.error("--epochs: at least 3 (the first epoch is warm-up; then two to time)")
     data_dir = str(Path(args.data_dir).resolve())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -346,7 +348,7 @@ def main() -> None:
     median = {name: statistics.median(values) for name, values in figures.items()}
 
     def ratio(top: str, bottom: str, digits: int = 3) -> float | None:
-        return round(median[top] / median[bottom], digits) if top in median else None
+        return round(median[top] / median[bottom], digits) if {top, bottom} <= set(median) else None
 
     summary = {
         "machine": {
