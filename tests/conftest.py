@@ -10,7 +10,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,42 @@ def load(cwd: Path, name: str) -> optuna.Study:
     # Through the sweeper's own door: opening the store while a sweep creates it would race.
     storage = open_storage(f"sqlite:///{cwd}/mlruns/optuna.db")
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def kill_while_trial_runs(
+    command: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    trials: Callable[[], list[optuna.trial.FrozenTrial]],
+    ready: Callable[[], bool] = lambda: True,
+    settle: float = 0.0,
+    timeout: float = 180,
+) -> None:
+    """Start the sweep `command` in its own session and SIGKILL it, with every process it
+    started, once trial 1 of `trials()` (KeyError: no study yet) is RUNNING and `ready()`
+    holds, `settle` seconds later; at the latest after `timeout` seconds."""
+    sweep = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                found = trials()
+            except KeyError:
+                continue
+            if any(t.number == 1 and t.state == TrialState.RUNNING for t in found) and ready():
+                break
+        time.sleep(settle)
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait()
 
 
 def mlflow_runs(cwd: Path, name: str) -> tuple[list, dict[int, list]]:

@@ -5,9 +5,7 @@ their reason while the sweep goes on (issue 17 builds the rest: MLflow, pruning)
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, cli_env
+from conftest import ROOT, cli_env, kill_while_trial_runs
 from optuna.trial import TrialState
 
 from hydra_plugins.lit_tune_sweeper._study import FAIL_REASON, counts
@@ -63,27 +61,7 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_sweep_goes_on(app
 
 def test_a_killed_sweep_run_again_ends_with_exactly_its_budget(app: Path):
     args = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"]
-    first = subprocess.Popen(
-        sweep(app, "sleep=2", *args),
-        cwd=app,
-        env=cli_env(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:  # until trial 1 is running
-            time.sleep(0.2)
-            try:
-                trials = study(app).trials
-            except KeyError:
-                continue
-            if any(t.number == 1 and t.state == TrialState.RUNNING for t in trials):
-                break
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+    kill_while_trial_runs(sweep(app, "sleep=2", *args), app, cli_env(), lambda: study(app).trials)
     assert any(t.state == TrialState.RUNNING for t in study(app).trials)
 
     time.sleep(2.5)  # the killed trial's heartbeat is older than grace_period

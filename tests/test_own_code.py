@@ -4,18 +4,23 @@ DataModule, none of which knows lit_tune, run from the project's root by `lit-tu
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
-from conftest import ROOT, assert_optuna_and_mlflow_agree, cli_env, load, mlflow_runs, objectives
+from conftest import (
+    ROOT,
+    assert_optuna_and_mlflow_agree,
+    cli_env,
+    kill_while_trial_runs,
+    load,
+    mlflow_runs,
+    objectives,
+)
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -113,28 +118,13 @@ def test_a_template_style_module_survives_a_kill_is_pruned_and_tests_its_best(pr
         "trainer.max_epochs=6",
         *QUIET,
     ]
-    first = subprocess.Popen(
+    kill_while_trial_runs(  # while trial 1 is training (its MLflow run began)
         [str(LIT_TUNE), *args],
-        cwd=project,
-        env=user_env(project),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        project,
+        user_env(project),
+        lambda: load(project, "lit").trials,
+        ready=lambda: 1 in mlflow_runs(project, "lit")[1],
     )
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline:  # until trial 1 is training (its MLflow run began)
-            time.sleep(0.2)
-            try:
-                trials = load(project, "lit").trials
-            except KeyError:
-                continue
-            running = any(t.number == 1 and t.state == TrialState.RUNNING for t in trials)
-            if running and 1 in mlflow_runs(project, "lit")[1]:
-                break
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
     assert any(t.state == TrialState.RUNNING for t in load(project, "lit").trials)
 
     second = lit_tune(*args, cwd=project)

@@ -9,9 +9,18 @@ import subprocess
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
-from conftest import assert_optuna_and_mlflow_agree, cli, cli_env, load, mlflow_runs, run_cli
+from conftest import (
+    assert_optuna_and_mlflow_agree,
+    cli,
+    cli_env,
+    kill_while_trial_runs,
+    load,
+    mlflow_runs,
+    run_cli,
+)
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
@@ -135,30 +144,13 @@ def test_a_killed_sweep_resumes_to_exactly_its_budget(tmp_path: Path):
         "hydra.sweeper.grace_period=2",
     )
     env = cli_env()
-    first = subprocess.Popen(
-        args,
-        cwd=tmp_path,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:  # until trial 1 is running
-            time.sleep(0.5)
-            store = tmp_path / "mlruns" / "optuna.db"
-            if store.exists():
-                try:
-                    trials = load(tmp_path, "killed").trials
-                except KeyError:
-                    continue
-                if any(t.number == 1 and t.state == TrialState.RUNNING for t in trials):
-                    break
-        time.sleep(1.0)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+
+    def trials() -> list[optuna.trial.FrozenTrial]:
+        if not (tmp_path / "mlruns" / "optuna.db").exists():
+            raise KeyError("no study yet")
+        return load(tmp_path, "killed").trials
+
+    kill_while_trial_runs(list(args), tmp_path, env, trials, settle=1.0, timeout=120)
     assert any(t.state == TrialState.RUNNING for t in load(tmp_path, "killed").trials)
 
     second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
