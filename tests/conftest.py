@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from hydra_plugins.lit_tune_sweeper._study import counts
-from lit_tune.trial import open_storage
+from hydra_plugins.lit_tune_sweeper.storage import open_storage
 
 # Ctrl-C reaches our subprocesses as in a terminal, also where a shell started the tests in
 # the background (`make test &`), which ignores SIGINT for them all: the ignoring is inherited.

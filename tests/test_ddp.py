@@ -12,8 +12,8 @@ from conftest import run_cli
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from hydra_plugins.lit_tune_sweeper.storage import open_storage
 from lit_tune.data import Digits
-from lit_tune.trial import open_storage
 
 pytestmark = pytest.mark.slow
 EPOCHS = 2

@@ -13,8 +13,8 @@ import pytest
 from conftest import run_cli
 from mlflow import MlflowClient
 
+from hydra_plugins.lit_tune_sweeper.storage import check_parallel_sqlite, network_filesystem
 from lit_tune.config import ConfigError
-from lit_tune.trial import check_parallel_sqlite, network_filesystem
 
 SWEEP = ["-m", "hparams_search=mlp", "hydra.sweeper.n_trials=1", "trainer.max_epochs=1"]
 

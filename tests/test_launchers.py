@@ -14,6 +14,7 @@ import torch
 from conftest import assert_optuna_and_mlflow_agree, cli, cli_env, mlflow_runs, run_cli
 from hydra._internal.callbacks import Callbacks
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext
 from mlflow import MlflowClient
@@ -22,7 +23,7 @@ from optuna.trial import TrialState
 
 from hydra_plugins.lit_tune_sweeper._launchers import gpu_override, gpus_to_share
 from hydra_plugins.lit_tune_sweeper._study import counts
-from lit_tune.trial import sqlite_lock
+from hydra_plugins.lit_tune_sweeper.storage import sqlite_lock
 
 # A local Ray head for this sweep only, light: two CPUs, no dashboard, the trials' output in
 # their job folders (train.log) instead of echoed by the driver.
@@ -174,12 +175,15 @@ def test_local_worker_processes_take_a_gpu_each(
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     cfg = compose_cfg("hparams_search=mlp", "hydra.sweeper.n_jobs=4", *overrides)
     sweeper = built_sweeper(cfg)
-    assert gpus_to_share(sweeper.launcher, sweeper.cfg) == shared
+    assert gpus_to_share(sweeper.launcher, sweeper.gpu_override) == shared
     # Four trial slots on three GPUs: the fourth takes turns with the first.
-    assert [gpu_override(slot, 3) for slot in range(4)] == [
+    template = "trainer.devices=[{gpu}]"
+    assert [gpu_override(slot, 3, template) for slot in range(4)] == [
         [f"trainer.devices=[{gpu}]"] for gpu in (0, 1, 2, 0)
     ]
-    assert gpu_override(0, 1) == gpu_override(2, 0) == []  # one GPU or none: nothing to share
+    # One GPU or none: nothing to share; no template (another app): nothing to override.
+    assert gpu_override(0, 1, template) == gpu_override(2, 0, template) == []
+    assert gpu_override(1, 3, None) == []
 
 
 def built_sweeper(cfg: DictConfig) -> Any:
@@ -187,6 +191,7 @@ def built_sweeper(cfg: DictConfig) -> Any:
     context = HydraContext(
         config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks()
     )
+    HydraConfig.instance().set_config(cfg)  # as Hydra has before it builds the sweeper
     wrapper = Plugins.instance().instantiate_sweeper(
         hydra_context=context, task_function=lambda cfg: 0.0, config=cfg
     )

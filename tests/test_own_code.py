@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from hydra_plugins.lit_tune_sweeper._study import counts
-from lit_tune.trial import open_storage
+from hydra_plugins.lit_tune_sweeper.storage import open_storage
 
 pytestmark = pytest.mark.slow
 USERPROJ = ROOT / "tests" / "userproj"

@@ -20,8 +20,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from hydra_plugins.lit_tune_sweeper._study import counts
+from hydra_plugins.lit_tune_sweeper.storage import open_storage
 from lit_tune.tracking import RUN_STATUS
-from lit_tune.trial import open_storage
 
 pytestmark = pytest.mark.slow
 # `make test PG_PORT=... PG_PASSWORD=...` reaches us through the environment (the Makefile

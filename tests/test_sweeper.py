@@ -26,7 +26,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 from hydra_plugins.lit_tune_sweeper._study import counts
-from lit_tune.trial import sqlite_lock
+from hydra_plugins.lit_tune_sweeper.storage import sqlite_lock
 
 pytestmark = pytest.mark.slow
 # In-process trials, short training: these tests are about the sweep, not the models.

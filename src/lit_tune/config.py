@@ -33,19 +33,14 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-class SweepError(RuntimeError):
-    """A sweep that cannot go on (too many failed trials); the message is one line."""
-
-
 @contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Turn a ConfigError into `Error: <message>` on stderr and exit code 2, a SweepError
-    into the same with exit code 1."""
+    """Turn a ConfigError into `Error: <message>` on stderr and exit code 2."""
     try:
         yield
-    except (ConfigError, SweepError) as error:
+    except ConfigError as error:
         print(f"Error: {error}", file=sys.stderr)
-        sys.exit(2 if isinstance(error, ConfigError) else 1)
+        sys.exit(2)
 
 
 def auto_precision() -> str:
@@ -106,6 +101,26 @@ OmegaConf.register_resolver(
     lambda mode: {"max": "maximize", "min": "minimize"}.get(mode, mode),
     replace=True,
 )
+
+
+def sweeper_gpu_override(*, _root_: DictConfig) -> str | None:
+    """hydra.sweeper.gpu_override: a GPU of its own for each parallel trial when the trainer
+    asks for one device that may be a GPU; else None (trainer=cpu, or every GPU to each
+    trial, as with DDP)."""
+    trainer = OmegaConf.select(_root_, "trainer", default={})
+    if trainer.get("devices") == 1 and trainer.get("accelerator") in ("auto", "gpu", "cuda"):
+        return "trainer.devices=[{gpu}]"
+    return None
+
+
+def logs_to_mlflow(*, _root_: DictConfig) -> bool:
+    """hydra.sweeper.mlflow.parent_run: whether the runs log to MLflow (logger=mlflow)."""
+    target = str(OmegaConf.select(_root_, "logger._target_", default=""))
+    return target.endswith(("mlflow_logger", "MLFlowLogger"))
+
+
+OmegaConf.register_resolver("lit_tune.gpu_override", sweeper_gpu_override, replace=True)
+OmegaConf.register_resolver("lit_tune.logs_to_mlflow", logs_to_mlflow, replace=True)
 
 
 def _is_int(v: Any) -> bool:

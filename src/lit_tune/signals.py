@@ -1,19 +1,17 @@
 """Ctrl-C and SIGTERM: stop cleanly, close what is open, say how to resume.
 
-A run stops at its next batch and closes its MLflow run KILLED; a sweep also fails its
-running trials and queues their parameters again. SIGTERM (what `kill`, systemd, Docker and
-SLURM send before SIGKILL) is handled as Ctrl-C is; the exit status is 128 + the signal's
-number (130 for Ctrl-C, 143 for SIGTERM), as a shell reports it.
+A run stops at its next batch and closes its MLflow run KILLED (in a sweep, the sweeper also
+fails the running trials and queues their parameters again). SIGTERM (what `kill`, systemd,
+Docker and SLURM send before SIGKILL) is handled as Ctrl-C is; the exit status is 128 + the
+signal's number (130 for Ctrl-C, 143 for SIGTERM), as a shell reports it.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 # Set on the first signal: every run in this process stops at its next batch.
@@ -68,26 +66,3 @@ def stop_on_signal() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-@contextmanager
-def interrupt_on_sigterm() -> Iterator[None]:
-    """For a sweep's main thread: SIGTERM raises KeyboardInterrupt, as Ctrl-C does, and is
-    passed on to the worker processes (which `kill PID` does not reach; Ctrl-C reaches the
-    whole process group). Later SIGTERMs are ignored while the sweep closes its trials."""
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        if _received:
-            return
-        _received.append(signum)
-        for child in multiprocessing.active_children():  # the launcher's worker processes
-            if child.pid is not None:
-                with suppress(ProcessLookupError):
-                    os.kill(child.pid, signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

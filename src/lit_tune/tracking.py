@@ -11,7 +11,6 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: no display on servers and in sweeps
 import matplotlib.pyplot as plt
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -21,9 +20,10 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from hydra_plugins.lit_tune_sweeper import current_trial
+from hydra_plugins.lit_tune_sweeper.storage import SQLITE, mask
 from lit_tune.config import ConfigError
 from lit_tune.module import Classifier
-from lit_tune.trial import SQLITE, SweepTrial, mask, store_lock
 
 
 def mlflow_logger(
@@ -41,10 +41,8 @@ def mlflow_logger(
     if HydraConfig.initialized():
         hydra = HydraConfig.get()
         tags["hydra.overrides"] = mask(" ".join(hydra.overrides.task)) or "(none)"
-        study = hydra.sweeper.get("study_name")
-        if run_name is None and hydra.mode == RunMode.MULTIRUN and study:
-            run_name = f"{study}-{hydra.job.num}"  # the job number is the trial number
-    run_name = run_name or f"run-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+    if current_trial() is None:  # a trial's run is named by the sweeper: <study>-<number>
+        run_name = run_name or f"run-{datetime.now():%Y-%m-%d_%H-%M-%S}"
     return MLFlowLogger(
         experiment_name=experiment_name,
         tracking_uri=tracking_uri,
@@ -72,20 +70,6 @@ def _make_store(tracking_uri: str) -> None:
             ) from None
 
 
-def mlflow_experiment(
-    experiment_name: str, tracking_uri: str, artifact_location: str, **_: Any
-) -> tuple[MlflowClient, str]:
-    """A client on the store and the id of the experiment, created as mlflow_logger would."""
-    _make_store(tracking_uri)
-    with store_lock(tracking_uri):  # sweeps started at once would race to create it
-        client = MlflowClient(tracking_uri)
-        experiment = client.get_experiment_by_name(experiment_name)
-        if experiment is not None:
-            return client, experiment.experiment_id
-        location = _artifact_location(tracking_uri, artifact_location)
-        return client, client.create_experiment(experiment_name, location)
-
-
 def _artifact_location(tracking_uri: str, artifact_location: str) -> str | None:
     """A local store keeps artifacts under `artifact_location`; a tracking server keeps them
     where it was told to (`mlflow server --artifacts-destination`), so that trials on other
@@ -93,19 +77,6 @@ def _artifact_location(tracking_uri: str, artifact_location: str) -> str | None:
     if tracking_uri.startswith(("http://", "https://")):
         return None
     return Path(artifact_location).resolve().as_uri()
-
-
-def nest(loggers: list[Logger], sweep: SweepTrial | None) -> None:
-    """Tag the run-to-be with its trial and nest it under the sweep's parent run."""
-    if sweep is None:
-        return
-    for logger in loggers:
-        if isinstance(logger, MLFlowLogger):
-            logger.tags = dict(logger.tags or {})
-            logger.tags["optuna.study_name"] = sweep.study_name
-            logger.tags["optuna.trial_number"] = str(sweep.trial.number)
-            if sweep.parent_run_id:
-                logger.tags["mlflow.parentRunId"] = sweep.parent_run_id
 
 
 # How each outcome ends an MLflow run; Optuna records the same outcome for the trial.

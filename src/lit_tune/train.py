@@ -8,7 +8,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import hydra
@@ -23,14 +22,20 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig
-from optuna_integration import PyTorchLightningPruningCallback
 
+from hydra_plugins.lit_tune_sweeper import PruningCallback, Trial, current_trial
 from lit_tune import build, tracking, tuning
 from lit_tune.checkpoint_io import AtomicCheckpointIO
 from lit_tune.config import ConfigError, check, check_choices, one_line_errors
 from lit_tune.module import TaskModule, count_parameters
-from lit_tune.signals import STOP, Interrupted, exit_status, stop_on_signal, stopped_by
-from lit_tune.trial import current_trial
+from lit_tune.signals import (
+    STOP,
+    Interrupted,
+    exit_status,
+    request_stop,
+    stop_on_signal,
+    stopped_by,
+)
 from lit_tune.trust import ENV, check_trusted, project_settings, trusted_targets
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -45,9 +50,16 @@ def train(cfg: DictConfig) -> float | list[float]:
 
 
 class StopOnRequest(L.Callback):
-    """Raise Interrupted at the first batch end after STOP was set."""
+    """Raise Interrupted at the first batch end after STOP was set, or the sweep running this
+    trial asked it to stop."""
+
+    def __init__(self, sweep: Trial | None) -> None:
+        self.sweep = sweep
 
     def _check(self) -> None:
+        signum = self.sweep.stop_requested() if self.sweep is not None else None
+        if signum is not None:
+            request_stop(signum)
         if STOP.is_set():
             raise Interrupted(f"interrupted by {stopped_by()}")
 
@@ -98,18 +110,14 @@ def _train(cfg: DictConfig) -> float | list[float]:
     callbacks = [build.build(cfg, f"callbacks.{name}") for name in cfg.callbacks or {}]
     if not logger:  # Lightning refuses an LR monitor with nowhere to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    callbacks = [ObjectiveLogged(cfg.objective.metric), *callbacks, StopOnRequest()]
     sweep = current_trial()  # None unless a lit_tune sweep launched this run
-    pruning = None
-    if sweep is not None and sweep.reports:
-        pruning = EpochsPruning(sweep.trial, monitor=cfg.objective.metric)
-        callbacks.append(pruning)
-    callbacks.append(tracking.ResultPlots())
+    callbacks = [ObjectiveLogged(cfg.objective.metric), *callbacks, StopOnRequest(sweep)]
+    # Last: a pruned trial's fit raises TrialPruned as it ends, after the plots are drawn.
+    callbacks += [tracking.ResultPlots(), PruningCallback(cfg.objective.metric)]
     trainer: L.Trainer = build.build(
         cfg, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()]
     )
     _check_launcher(cfg, trainer)
-    tracking.nest(trainer.loggers, sweep)
     with build.config_errors("tune"):  # before the MLflow run exists: the params are found
         found = tuning.find(cfg, trainer, module, datamodule, factories)
     num_parameters = count_parameters(module)
@@ -119,8 +127,6 @@ def _train(cfg: DictConfig) -> float | list[float]:
         tuning.record(trainer.loggers, found, cfg.paths.output_dir)
         resume = to_absolute_path(cfg.ckpt_path) if cfg.ckpt_path else None
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-        if pruning is not None:
-            pruning.check_pruned()
         values = _objective(trainer, cfg.objective, num_parameters)
         best = trainer.checkpoint_callback
         ckpt_path = "best" if isinstance(best, ModelCheckpoint) and best.best_model_path else None
@@ -152,33 +158,6 @@ def _can_test(module: L.LightningModule, datamodule: L.LightningDataModule) -> b
         return True
     log.info("no test: the module has no test_step or the datamodule no test_dataloader")
     return False
-
-
-class EpochsPruning(PyTorchLightningPruningCallback):
-    """Optuna's Lightning callback, reporting at step = epochs trained (1, 2, ...) instead of
-    Lightning's 0-based epoch index. A pruner's resources are then epochs: `min_resource=1`
-    judges a trial after its first epoch (not its second) and `max_resource=max_epochs` is the
-    last step a trial reaches. A pruned trial ends its epoch (its train/loss logged, as under
-    DDP) and `check_pruned` raises after fit."""
-
-    pruned: optuna.TrialPruned | None = None
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.pruned is not None:  # min_epochs holds it
-            return
-        # The parent reads nothing from the module but `current_epoch`.
-        epochs = SimpleNamespace(current_epoch=pl_module.current_epoch + 1)
-        try:
-            super().on_validation_end(trainer, epochs)  # type: ignore[arg-type]
-        except optuna.TrialPruned as pruned:  # one process: raised, not flagged
-            self.pruned, trainer.should_stop = pruned, True
-            trainer.fit_loop.min_epochs = 0  # which would keep it training
-            trainer.fit_loop.epoch_loop.min_steps = 0
-
-    def check_pruned(self) -> None:
-        if self.pruned is not None:
-            raise self.pruned
-        super().check_pruned()
 
 
 def _check_launcher(cfg: DictConfig, trainer: L.Trainer) -> None:

@@ -21,24 +21,36 @@ from typing import Any
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
+
+# hydra-optuna-sweeper's implementation: the drop-in reads its config language (params,
+# custom_search_space, the grid) with its own code; neither is public (docs/sweeper.md,
+# tests/test_private_apis.py).
 from hydra_plugins.hydra_optuna_sweeper._impl import (
     OptunaSweeperImpl,
     create_params_from_overrides,
 )
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from optuna.distributions import BaseDistribution
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
-
-from lit_tune.config import ConfigError, SweepError, first_line
-from lit_tune.signals import STOP, interrupt_on_sigterm, stop_signal, stopped_by
-from lit_tune.trial import STOP_ATTR, check_parallel_sqlite, mask, open_storage
 
 from . import _launchers
 from ._diverged import SeesDiverged
+from ._errors import ConfigError, SweepError, first_line
 from ._refine import refined_params
-from ._report import ParentRun
-from ._study import FAIL_REASON, INTERRUPTED, ask, budget_used, log_progress, tell, write_results
+from ._report import ParentRun, tracking_uri
+from ._signals import STOP, interrupt_on_sigterm, stop_signal, stopped_by
+from ._study import (
+    FAIL_REASON,
+    INTERRUPTED,
+    ask,
+    budget_used,
+    log_progress,
+    tell,
+    write_results,
+)
+from ._trial import STOP_ATTR
+from .storage import SQLITE, check_parallel_sqlite, mask, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +71,10 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         heartbeat_interval: int,
         grace_period: int,
         refine: DictConfig,
+        metric: str | None,
+        max_resource: Any,
+        gpu_override: str | None,
+        mlflow: DictConfig,
     ) -> None:
         from hydra.utils import instantiate
 
@@ -92,8 +108,11 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.refine = refine
+        self.metric = metric
+        self.gpu_override = gpu_override
         self.lock = threading.Lock()
         self.parent: ParentRun | None = None
+        self.rdb: RDBStorage | None = None  # the study's storage, once open
 
     @property
     def cfg(self) -> DictConfig:
@@ -113,32 +132,22 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             self.parent.fail_interrupted(trial.number, also_ended=True)
 
     def _check_objective(self) -> None:
-        """The directions must match what the runs return: the classic silent mistake is
-        minimising an accuracy."""
-        directions = self._get_directions()
-        mode = OmegaConf.select(self.cfg, "objective.mode")
-        extra = OmegaConf.select(self.cfg, "objective.extra", default=[]) or []
-        if mode is not None and directions[0] != {"max": "maximize", "min": "minimize"}[mode]:
-            raise ConfigError(
-                f"hydra.sweeper.direction={directions[0]}: objective.mode is {mode}, so it must "
-                f"be {'maximize' if mode == 'max' else 'minimize'}"
-            )
-        if len(directions) != 1 + len(extra):
-            raise ConfigError(
-                f"hydra.sweeper.direction={directions}: one direction per objective "
-                f"({1 + len(extra)}: objective.metric and objective.extra)"
-            )
-        if len(directions) > 1 and not isinstance(self.pruner, optuna.pruners.NopPruner):
+        if len(self._get_directions()) > 1 and not isinstance(
+            self.pruner, optuna.pruners.NopPruner
+        ):
             raise ConfigError(
                 "hydra/sweeper/pruner: Optuna cannot prune a multi-objective study; use none"
             )
 
     def _storage_url(self) -> str:
-        if self.storage:
-            return str(self.storage)
-        store = Path(OmegaConf.select(self.cfg, "paths.mlruns", default="."))
-        store.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{store.resolve()}/optuna.db"
+        """The study's storage URL; a relative SQLite path (the default: optuna.db) taken from
+        the directory the sweep started in, since jobs may run in folders of their own."""
+        url = str(self.storage or f"{SQLITE}optuna.db")
+        if url.startswith(SQLITE):
+            path = Path(self.cfg.hydra.runtime.cwd, url.removeprefix(SQLITE)).resolve()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            url = f"{SQLITE}{path}"
+        return url
 
     def _study_name(self) -> str:
         if self.study_name:
@@ -147,11 +156,11 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                     f"hydra.sweeper.study_name={self.study_name}: use letters, digits, _ . - only"
                 )
             return str(self.study_name)
-        prefix = OmegaConf.select(self.cfg, "experiment_name", default="sweep")
+        prefix = self.cfg.hydra.sweeper.mlflow.experiment or self.cfg.hydra.job.name
         return f"{prefix}-{datetime.now():%Y-%m-%d_%H-%M-%S}"
 
     def _open_study(self, url: str, name: str) -> optuna.Study:
-        storage = open_storage(
+        self.rdb = storage = open_storage(
             url,
             heartbeat_interval=self.heartbeat_interval,
             grace_period=self.grace_period,
@@ -236,10 +245,12 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 self.n_jobs,
             )
         url, name = self._storage_url(), self._study_name()
-        tracking_uri = OmegaConf.select(self.cfg, "logger.tracking_uri", default="")
-        check_parallel_sqlite(
-            {"hydra.sweeper.storage": url, "logger.tracking_uri": tracking_uri}, slots > 1
-        )
+        stores = {"hydra.sweeper.storage": url}
+        settings = self.cfg.hydra.sweeper.mlflow
+        if settings.parent_run:
+            uri = tracking_uri(settings.tracking_uri, self.cfg.hydra.runtime.cwd)
+            stores["hydra.sweeper.mlflow.tracking_uri"] = uri
+        check_parallel_sqlite(stores, slots > 1)
         study = self._open_study(url, name)
         log.info(
             "Study '%s' in %s: %d trials in all, %d at a time, sampler %s, pruner %s",
@@ -253,6 +264,8 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         _launchers.start(self.launcher)
         self.parent = parent = ParentRun.open(self.cfg, study, distributions)
         self._pin("sweeper", study_name=name, storage=url)
+        if parent is not None:  # through Hydra's own hydra.job.env_set
+            self._pin("job.env_set", **parent.job_env(study.study_name))
         status = "FAILED"
         try:
             with interrupt_on_sigterm():
@@ -265,11 +278,12 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 stopped_by(),
                 name,
             )
-            raise
         finally:
             write_results(study, str(self.cfg.hydra.sweep.dir))
             if parent is not None:
                 parent.close(study, status)
+        if status == "KILLED":
+            raise SystemExit(128 + stop_signal())  # as a shell reports a signal: 130, 143
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
         self.config = config
@@ -284,12 +298,14 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         """Set hydra.<node> values in the config every job is composed from, as if given on the
         command line: Hydra requires a job's hydra.sweeper and hydra.launcher to equal the
         sweep's, and a run finds its trial through hydra.sweeper."""
-        target, recorded = self.cfg.hydra[node], self.cfg.hydra.overrides.hydra
+        target = OmegaConf.select(self.cfg.hydra, node)
+        recorded = self.cfg.hydra.overrides.hydra
         with read_write(target), open_dict(target), read_write(recorded):
             for key, value in values.items():
+                new = key not in target  # env_set: a key to add
                 target[key] = value
                 text = _quote(value) if isinstance(value, str) else value
-                recorded.append(f"hydra.{node}.{key}={text}")
+                recorded.append(f"{'++' if new else ''}hydra.{node}.{key}={text}")
 
     def _run(
         self,
@@ -299,7 +315,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         fixed: dict[str, Any],
         fixed_overrides: list[str],
     ) -> None:
-        running: dict[Future[JobReturn], optuna.Trial] = {}
+        running: dict[Future[JobReturn], tuple[optuna.Trial, int]] = {}
         stop = threading.Event()
         beating = threading.Thread(target=self._heartbeat, args=(study, running, stop), daemon=True)
         beating.start()
@@ -325,7 +341,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         self,
         study: optuna.Study,
         pool: ThreadPoolExecutor,
-        running: dict[Future[JobReturn], optuna.Trial],
+        running: dict[Future[JobReturn], tuple[optuna.Trial, int]],
         slots: int,
         distributions: dict[str, BaseDistribution],
         fixed: dict[str, Any],
@@ -336,20 +352,22 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         started = time.monotonic()
         too_many_failures = False
         free, taken = list(range(slots)), dict[Future[JobReturn], int]()  # slot of each trial
-        gpus = _launchers.gpus_to_share(self.launcher, self.cfg)
+        gpus = _launchers.gpus_to_share(self.launcher, self.gpu_override)
+        assert self.rdb is not None
         while True:
             while len(running) < slots and not too_many_failures:
-                trial = ask(study, self.n_trials)
-                if trial is None:
+                asked = ask(study, self.rdb, self.n_trials)
+                if asked is None:
                     break
+                trial, trial_id = asked
                 (overrides,) = self._configure_trials(
                     [trial], distributions, fixed, fixed_overrides
                 )
                 slot = free.pop(0)
-                overrides = [*overrides, *_launchers.gpu_override(slot, gpus)]
+                overrides = [*overrides, *_launchers.gpu_override(slot, gpus, self.gpu_override)]
                 with self.lock:
                     future = pool.submit(self._launch, overrides, trial.number)
-                    running[future], taken[future] = trial, slot
+                    running[future], taken[future] = (trial, trial_id), slot
             if not running:
                 done, others, _ = budget_used(study)
                 if too_many_failures or not others or done >= self.n_trials:
@@ -361,17 +379,20 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 finished, _ = wait(list(running), 1.0, return_when=FIRST_COMPLETED)
             for future in finished:
                 # Told before it leaves `running`: a Ctrl-C in between finds it there.
-                trial = running[future]
-                state = tell(study, trial, _launchers.job_return(future))
+                trial, trial_id = running[future]
+                tell(study, trial, _launchers.job_return(future))
                 with self.lock:
                     running.pop(future)
                 free.append(taken.pop(future))
-                log_progress(study, trial, state, self.n_trials, started)
+                frozen = self.rdb.get_trial(trial_id)
+                if self.parent is not None:
+                    self._record(study, frozen)
+                log_progress(study, frozen, self.n_trials, started)
             _, _, failed = budget_used(study)
             too_many_failures = failed > self.max_failure_rate * self.n_trials
 
     def _stop_running(
-        self, study: optuna.Study, running: dict[Future[JobReturn], optuna.Trial]
+        self, study: optuna.Study, running: dict[Future[JobReturn], tuple[optuna.Trial, int]]
     ) -> None:
         """Ctrl-C or SIGTERM: stop the running trials at their next batch (STOP for those in
         this process; those elsewhere read the request from the study within
@@ -382,18 +403,21 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         log.warning(
             "%s: stopping %d running trial(s) at their next batch", stopped_by(), len(running)
         )
-        for trial in running.values():
+        assert self.rdb is not None
+        for trial, trial_id in running.values():
             try:
-                study._storage.set_trial_system_attr(trial._trial_id, STOP_ATTR, stop_signal())
+                self.rdb.set_trial_system_attr(trial_id, STOP_ATTR, stop_signal())
             except Exception as error:  # those with the signal stop anyway
                 log.warning("cannot ask trial %d to stop: %s", trial.number, first_line(error))
         wait(list(running))
-        for future, trial in running.items():
-            if study._storage.get_trial(trial._trial_id).state.is_finished():
+        for future, (trial, trial_id) in running.items():
+            if self.rdb.get_trial(trial_id).state.is_finished():
                 continue  # told just before the signal
             ret = _launchers.job_return(future)
             if ret.status == JobStatus.COMPLETED:
                 tell(study, trial, ret)
+                if self.parent is not None:
+                    self._record(study, self.rdb.get_trial(trial_id))
                 continue
             params = trial.params
             trial.set_user_attr(INTERRUPTED, stopped_by())
@@ -405,18 +429,27 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
     def _heartbeat(
         self,
         study: optuna.Study,
-        running: dict[Future[JobReturn], optuna.Trial],
+        running: dict[Future[JobReturn], tuple[optuna.Trial, int]],
         stop: threading.Event,
     ) -> None:
-        storage = study._storage
+        storage = self.rdb
+        assert storage is not None
         while not stop.wait(self.heartbeat_interval):
             with self.lock:
-                trial_ids = [t._trial_id for t in running.values()]
+                trial_ids = [trial_id for _, trial_id in running.values()]
             for trial_id in trial_ids:
                 try:
-                    storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+                    storage.record_heartbeat(trial_id)
                 except Exception as error:  # a missed beat must not end the sweep
                     log.debug("heartbeat failed: %s", error)
+
+    def _record(self, study: optuna.Study, frozen: FrozenTrial) -> None:
+        """The trial's outcome in MLflow; a failure there must not end the sweep."""
+        assert self.parent is not None and self.rdb is not None
+        try:
+            self.parent.record_trial(study, frozen, self.metric)
+        except Exception as error:
+            log.warning("trial %d: MLflow: %s", frozen.number, first_line(error))
 
 
 def _quote(value: str) -> str:

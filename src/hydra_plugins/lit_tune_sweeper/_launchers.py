@@ -7,9 +7,9 @@ from concurrent.futures import Future
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import open_dict, read_write
 
-from lit_tune.config import ConfigError, first_line
+from ._errors import ConfigError, first_line
 
 
 def start(launcher: Any) -> None:
@@ -30,23 +30,24 @@ def start(launcher: Any) -> None:
         raise ConfigError(f"hydra.launcher.ray.init: {first_line(error)}") from error
 
 
-def gpus_to_share(launcher: Any, cfg: DictConfig) -> int:
+def gpus_to_share(launcher: Any, template: str | None) -> int:
     """How many GPUs the trials of this machine's worker processes (joblib) share out, one
-    each: this machine's count when the trainer asks for one device; else 0."""
-    if type(launcher).__name__ != "JoblibLauncher":
+    each: this machine's count when the sweeper has a `gpu_override`; else 0."""
+    if template is None or type(launcher).__name__ != "JoblibLauncher":
         return 0  # Ray and SLURM give each job its GPUs (ray.remote.num_gpus, gpus_per_task)
-    trainer = OmegaConf.select(cfg, "trainer", default={})
-    if trainer.get("devices") != 1 or trainer.get("accelerator") not in ("auto", "gpu", "cuda"):
+    try:
+        import torch
+    except ImportError:
         return 0
-    import torch
-
     return torch.cuda.device_count()
 
 
-def gpu_override(slot: int, gpus: int) -> list[str]:
+def gpu_override(slot: int, gpus: int, template: str | None) -> list[str]:
     """The override that runs the trial in trial slot `slot` on a GPU of its own, when there
     are several GPUs to share (with more slots than GPUs, slots take turns: k % gpus)."""
-    return [f"trainer.devices=[{slot % gpus}]"] if gpus > 1 else []
+    if template is None or gpus <= 1:
+        return []
+    return [template.format(gpu=slot % gpus)]
 
 
 def job_return(future: Future[JobReturn]) -> JobReturn:
@@ -55,5 +56,5 @@ def job_return(future: Future[JobReturn]) -> JobReturn:
         return future.result()
     except Exception as error:
         ret = JobReturn(status=JobStatus.FAILED)
-        ret._return_value = error
+        ret.return_value = error
         return ret

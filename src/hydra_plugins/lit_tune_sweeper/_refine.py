@@ -14,7 +14,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from lit_tune.config import ConfigError
+from ._errors import ConfigError
 
 MARGIN = 0.25
 

@@ -1,4 +1,5 @@
-"""The sweep's MLflow parent run: opened before the first trial, summarised after the last."""
+"""The sweep's MLflow parent run: opened before the first trial, given each trial's outcome
+as it ends (a run of its own where the app logged none), summarised after the last."""
 
 from __future__ import annotations
 
@@ -8,47 +9,144 @@ import random
 import re
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
-from lit_tune.config import first_line
-from lit_tune.trial import PARENT_RUN_ATTR, sqlite_lock
+from ._errors import ConfigError, first_line
+from ._study import FAIL_REASON
+from ._trial import PARENT_RUN_ATTR
+from .storage import SQLITE, mask, sqlite_lock, store_lock
 
 log = logging.getLogger(__name__)
-MLFLOW_LOGGER = "lit_tune.tracking.mlflow_logger"
+
+# How each outcome ends a trial's MLflow run; its tag `outcome` is the Optuna state.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def tracking_uri(setting: str | None, start_dir: str) -> str:
+    """The sweep's MLflow store: `setting`, else MLflow's default; a relative SQLite path
+    taken from `start_dir` (jobs may run in folders of their own)."""
+    import mlflow
+
+    uri = setting or mlflow.get_tracking_uri()
+    if uri.startswith(SQLITE):
+        path = Path(start_dir, uri.removeprefix(SQLITE)).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"{SQLITE}{path}"
+    if "://" not in uri:  # a folder: MLflow's file store
+        return str(Path(start_dir, uri).resolve())
+    return uri
+
+
+def experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
+    """The id of experiment `name`, created if new (under the store's lock: processes that
+    create one experiment at once race). A local `artifact_location` is a folder; a tracking
+    server keeps artifacts where it was told to (`mlflow server --artifacts-destination`)
+    unless given a URI, so that trials on other machines can write them."""
+    if artifact_location and "://" not in artifact_location:
+        remote = client.tracking_uri.startswith(("http://", "https://"))
+        artifact_location = None if remote else Path(artifact_location).resolve().as_uri()
+    with store_lock(client.tracking_uri):
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        return str(client.create_experiment(name, artifact_location))
 
 
 class ParentRun:
     """One MLflow run per study; its trials' runs nest under it, in any process."""
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    def __init__(
+        self, client: Any, run_id: str, experiment_id: str, register: str | None = None
+    ) -> None:
         self.client = client
         self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.register = register  # the artifact folder of a trial's model, if any
 
     @classmethod
     def open(
         cls, config: DictConfig, study: optuna.Study, space: dict[str, BaseDistribution]
     ) -> ParentRun | None:
         """Create the parent run, or reopen the one a resumed study already has; None when
-        the runs are not logged to MLflow."""
-        logger = OmegaConf.select(config, "logger")
-        if not logger or logger.get("_target_") != MLFLOW_LOGGER:
+        `hydra.sweeper.mlflow.parent_run` is false."""
+        settings = config.hydra.sweeper.mlflow
+        if not settings.parent_run:
             return None
-        from lit_tune.tracking import mlflow_experiment
+        from mlflow import MlflowClient
 
-        # The same store and experiment the trials' MLFlowLogger will use, made before any
-        # trial starts (processes that create one experiment at once race).
-        client, experiment_id = mlflow_experiment(**logger)
+        uri = tracking_uri(settings.tracking_uri, config.hydra.runtime.cwd)
+        try:
+            with store_lock(uri):  # making a client may create the store's tables
+                client = MlflowClient(uri)
+            experiment = experiment_id(
+                client, settings.experiment or config.hydra.job.name, settings.artifact_location
+            )
+        except MlflowException as error:
+            raise ConfigError(
+                f"hydra.sweeper.mlflow.tracking_uri={mask(uri)}: {mask(first_line(error))}"
+            ) from None
         run_id = study.user_attrs.get(PARENT_RUN_ATTR)
         if run_id is not None:
             client.update_run(run_id, status="RUNNING")
             log.info("MLflow parent run %s reopened", run_id)
-            return cls(client, run_id)
-        return cls(client, cls._create(client, experiment_id, config, study, space))
+            return cls(client, run_id, experiment, settings.register)
+        run_id = cls._create(client, experiment, config, study, space)
+        return cls(client, run_id, experiment, settings.register)
+
+    def job_env(self, study_name: str) -> dict[str, str]:
+        """The environment of a trial's job: MLflow's fluent API logs to the sweep's store and
+        experiment, and every run it starts nests here (_mlflow_context). The trial's number
+        is its job's, resolved in each job."""
+        from ._mlflow_context import PARENT_RUN_ENV, STUDY_ENV, TRIAL_ENV
+
+        return {
+            "MLFLOW_TRACKING_URI": self.client.tracking_uri,
+            "MLFLOW_EXPERIMENT_ID": self.experiment_id,
+            PARENT_RUN_ENV: self.run_id,
+            STUDY_ENV: study_name,
+            TRIAL_ENV: "${hydra.job.num}",
+        }
+
+    def record_trial(self, study: optuna.Study, trial: FrozenTrial, metric: str | None) -> None:
+        """Give trial `trial` its outcome in MLflow: its runs (those the app started) get the
+        tag `outcome` (the Optuna state), the matching status and the trial's params where
+        they lack them; an app that logged no run gets one, with the params and value."""
+        state = trial.state.name
+        reason = trial.user_attrs.get(FAIL_REASON)
+        runs = self._trial_runs(trial.number)
+        if not runs:
+            tags = {
+                "mlflow.parentRunId": self.run_id,
+                "mlflow.runName": f"{study.study_name}-{trial.number}",
+                "optuna.study_name": study.study_name,
+                "optuna.trial_number": str(trial.number),
+            }
+            run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+            for key, value in trial.params.items():
+                self.client.log_param(run_id, key, str(value)[:6000])
+            names = [metric or "objective"]
+            names += [f"{names[0]}_{i}" for i in range(1, len(trial.values or []))]
+            for name, value in zip(names, trial.values or [], strict=False):
+                self.client.log_metric(run_id, name, value)
+            for step, value in sorted(trial.intermediate_values.items()):
+                self.client.log_metric(run_id, f"{names[0]}_reported", value, step=step)
+            runs = [self.client.get_run(run_id)]
+        for run in runs:
+            for key, value in trial.params.items():  # comparable in the UI, however it logged
+                if key not in run.data.params:
+                    self.client.log_param(run.info.run_id, key, str(value)[:6000])
+            self.client.set_tag(run.info.run_id, "outcome", state)
+            if reason and state == "FAIL":
+                self.client.set_tag(run.info.run_id, "fail_reason", reason[:5000])
+            if run.info.status != RUN_STATUS[state]:
+                self.client.set_terminated(run.info.run_id, RUN_STATUS[state])
 
     @staticmethod
     def _create(
@@ -104,10 +202,9 @@ class ParentRun:
                 self.client.set_terminated(run.info.run_id, "FAILED")
 
     def _trial_runs(self, number: int) -> list[Any]:
-        experiment_id = self.client.get_run(self.run_id).info.experiment_id
         return list(
             self.client.search_runs(
-                [experiment_id],
+                [self.experiment_id],
                 filter_string=(
                     f"tags.mlflow.parentRunId = '{self.run_id}' "
                     f"and tags.`optuna.trial_number` = '{number}'"
@@ -137,7 +234,7 @@ class ParentRun:
     def _summarise(self, study: optuna.Study) -> None:
         frame = study.trials_dataframe()
         self.client.log_text(self.run_id, frame.to_csv(index=False), "trials.csv")
-        completed = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+        completed = study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
         if not completed:
             return
         if len(study.directions) == 1:
@@ -157,7 +254,8 @@ class ParentRun:
         from optuna.visualization import matplotlib as static
 
         names = ["optimization_history", "param_importances", "parallel_coordinate"]
-        names.append("intermediate_values")
+        if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+            names.append("intermediate_values")
         if len(study.directions) > 1:
             names = ["pareto_front"]
         pages: list[str] = []
@@ -185,9 +283,10 @@ class ParentRun:
             )
 
     def _register(self, study: optuna.Study, best: optuna.trial.FrozenTrial) -> None:
-        """Register the best trial's best checkpoint as a version of model `<study name>`."""
+        """Register the best trial's model (its run's `register` folder) as a version of the
+        model named after the study."""
         runs = self._trial_runs(best.number)
-        if not runs:
+        if self.register is None or not runs:
             return
         run = runs[0]
         name = re.sub(r"[^\w.-]", "_", study.study_name)
@@ -200,7 +299,7 @@ class ParentRun:
         )
         if not versions:
             version = self.client.create_model_version(
-                name, source=f"{run.info.artifact_uri}/best", run_id=run.info.run_id
+                name, source=f"{run.info.artifact_uri}/{self.register}", run_id=run.info.run_id
             )
             log.info(
                 "Registered model %s version %s (trial %d)", name, version.version, best.number

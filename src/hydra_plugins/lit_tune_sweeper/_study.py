@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
@@ -18,6 +18,9 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from ._diverged import DIVERGED
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
 
 log = logging.getLogger(__name__)
 
@@ -43,34 +46,51 @@ def budget_used(study: optuna.Study) -> tuple[int, int, int]:
     return done, running, failed
 
 
-def ask(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
-    """A new trial if the budget of `n_trials` allows one, else None. Several processes may
-    share the study: the trial's number decides, and one asked beyond the budget is closed."""
+def trial_id(storage: RDBStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of trial `number` (Optuna keeps the id of a Trial private)."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def ask(study: optuna.Study, storage: RDBStorage, n_trials: int) -> tuple[optuna.Trial, int] | None:
+    """A new trial and its id if the budget of `n_trials` allows one, else None. Several
+    processes may share the study: the trial's number decides, and one asked beyond the
+    budget is closed."""
     optuna.storages.fail_stale_trials(study)
     done, running, _ = budget_used(study)
     if done + running >= n_trials:
         return None
     trial = study.ask()
+    tid = trial_id(storage, study, trial.number)
     # A first beat now, not after heartbeat_interval: a trial whose sweep dies before it
     # has one is never found stale, and every later sweep would wait for it.
-    study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    storage.record_heartbeat(tid)
     earlier = [
         t
         for t in study.get_trials(deepcopy=False)
         if t.number < trial.number and (counts(t) or t.state == TrialState.RUNNING)
     ]
     if len(earlier) < n_trials:
-        return trial
-    study._storage.set_trial_user_attr(trial._trial_id, SKIPPED, "over budget")
+        return trial, tid
+    trial.set_user_attr(SKIPPED, "over budget")
     study.tell(trial, state=TrialState.FAIL)
     return None
+
+
+def failure(ret: JobReturn) -> BaseException | None:
+    """The error a failed job raised; None for a job that returned. Read from the private
+    field: the public `return_value` logs "Error executing job" and raises it, which for a
+    pruned trial is noise (tests/test_private_apis.py)."""
+    if ret.status != JobStatus.FAILED:
+        return None
+    error = ret._return_value
+    return error if isinstance(error, BaseException) else RuntimeError("the job failed")
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, ret: JobReturn) -> TrialState:
     """Record the job's outcome in the study and return the trial's state: PRUNED, FAIL (with
     its reason; a non-finite result also marked diverged) or COMPLETE."""
-    error = ret._return_value if ret.status == JobStatus.FAILED else None
-    values: list[float] | None = None
+    error, values = failure(ret), None
     if error is None:
         raw = ret.return_value
         values = [float(v) for v in (raw if isinstance(raw, list | tuple) else [raw])]
@@ -98,12 +118,10 @@ def tell(study: optuna.Study, trial: optuna.Trial, ret: JobReturn) -> TrialState
     return TrialState.COMPLETE
 
 
-def log_progress(
-    study: optuna.Study, trial: optuna.Trial, state: TrialState, n_trials: int, started: float
-) -> None:
+def log_progress(study: optuna.Study, frozen: FrozenTrial, n_trials: int, started: float) -> None:
     """Log one line: the trial's outcome, the budget used, the best so far, time to go."""
     done, _, _ = budget_used(study)
-    frozen = study._storage.get_trial(trial._trial_id)
+    state = frozen.state
     if state == TrialState.FAIL:
         outcome = f"FAIL ({frozen.user_attrs.get(FAIL_REASON, '?')})"
     else:
@@ -120,7 +138,7 @@ def log_progress(
     remaining = elapsed / max(done, 1) * max(n_trials - done, 0)
     log.info(
         "trial %d (%d/%d done): %s; best %s; %.0fs elapsed, about %.0fs to go",
-        trial.number,
+        frozen.number,
         done,
         n_trials,
         outcome,

@@ -66,15 +66,16 @@ class SuccessiveHalvingPrunerConfig(PrunerConfig):
 class HyperbandPrunerConfig(PrunerConfig):
     """Hyperband: several successive-halving brackets; resource = epochs.
 
-    max_resource is the trials' epoch budget (trainer.max_epochs), not Optuna's "auto" (the
-    length of the first finished trial, which EarlyStopping can cut short). reduction_factor 4
+    max_resource is the sweeper's (the most steps a trial reports; lit_tune sets its
+    trainer.max_epochs), not Optuna's "auto" (the length of the first finished trial, which
+    EarlyStopping can cut short) unless the sweeper's is "auto". reduction_factor 4
     (Optuna's default is 3): on one seed of the MNIST benchmark 3 needed 60 % of the epochs and 4
     39 %; over ten seeds 4 needs 43 % and 5 40 % (docs/benchmarks.md).
     """
 
     _target_: str = "optuna.pruners.HyperbandPruner"
     min_resource: int = 1
-    max_resource: Any = "${oc.select:trainer.max_epochs,auto}"
+    max_resource: Any = "${..max_resource}"
     reduction_factor: int = 4
     bootstrap_count: int = 0
 
@@ -97,13 +98,32 @@ class RefineConfig:
 
 
 @dataclass
+class MLflowConfig:
+    """Where the sweep's parent run goes; the trials' runs nest under it (docs/sweeper.md)."""
+
+    # false: no MLflow at all.
+    parent_run: bool = True
+    # None: MLflow's own default ($MLFLOW_TRACKING_URI, else ./mlruns). A relative SQLite path
+    # is taken from the directory the sweep started in. Jobs get it as $MLFLOW_TRACKING_URI.
+    tracking_uri: str | None = None
+    # None: the app's job name (hydra.job.name). Jobs get its id as $MLFLOW_EXPERIMENT_ID.
+    experiment: str | None = None
+    # Where a new experiment keeps its artifacts (None: the store's default).
+    artifact_location: str | None = None
+    # The artifact folder of a trial's run that holds its model: the best trial's is then
+    # registered as a version of the model named after the study. None: nothing registered.
+    register: str | None = None
+
+
+@dataclass
 class LitTuneSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.lit_tune_sweeper.sweeper.LitTuneSweeper"
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     pruner: PrunerConfig = MISSING
-    # None: `<experiment_name>-<date>_<time>`; give a name to resume or share a study.
+    # None: `<MLflow experiment or job name>-<date>_<time>`; give a name to resume or share.
     study_name: str | None = None
-    # None: SQLite beside the MLflow store (paths.mlruns/optuna.db). Any Optuna RDB URL works.
+    # None: sqlite:///optuna.db in the directory the sweep started in. Any Optuna RDB URL;
+    # a relative SQLite path is taken from that directory.
     storage: Any | None = None
     n_trials: int = 20
     n_jobs: int = 1
@@ -114,10 +134,23 @@ class LitTuneSweeperConf(OptunaSweeperConf):
     heartbeat_interval: int = 5
     grace_period: int = 20
     refine: RefineConfig = field(default_factory=RefineConfig)
+    # The objective's name, for reports and MLflow (the metric PruningCallback reports).
+    metric: str | None = None
+    # The most steps (epochs) a trial reports: the Hyperband pruner's max_resource.
+    max_resource: Any = "auto"
+    # With the joblib launcher on a machine with several GPUs: the override that puts a trial
+    # on GPU {gpu} (lit_tune: trainer.devices=[{gpu}]), one GPU per trial slot. None: nothing.
+    gpu_override: str | None = None
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
 
 
 store = ConfigStore.instance()
 store.store(group="hydra/sweeper", name="lit_tune", node=LitTuneSweeperConf, provider="lit_tune")
+# The same, for an app whose own hydra/sweeper/lit_tune.yaml extends it (`defaults:
+# [lit_tune_base]`) to fill settings from its keys wherever its configs pick the sweeper.
+store.store(
+    group="hydra/sweeper", name="lit_tune_base", node=LitTuneSweeperConf, provider="lit_tune"
+)
 for name, node in {
     "none": NopPrunerConfig,
     "median": MedianPrunerConfig,

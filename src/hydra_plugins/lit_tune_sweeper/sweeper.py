@@ -9,6 +9,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from . import config as config  # registers the configs
+from ._errors import one_line_errors
 
 
 class LitTuneSweeper(Sweeper):
@@ -17,8 +18,6 @@ class LitTuneSweeper(Sweeper):
     def __init__(self, **kwargs: Any) -> None:
         # Hydra imports this module in every app at start-up: torch, optuna and mlflow only
         # once a sweep is asked for.
-        from lit_tune.config import one_line_errors
-
         from ._core import LitTuneSweeperImpl
 
         with one_line_errors():
@@ -30,7 +29,5 @@ class LitTuneSweeper(Sweeper):
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        from lit_tune.config import one_line_errors
-
         with one_line_errors():
             self.sweeper.sweep(arguments)

@@ -1,9 +1,8 @@
-"""The Optuna trial a lit_tune sweep hands to one training run, found from the Hydra config.
+"""The study's storage: opened so that parallel trials and sweeps started at once do not
+break it, and refused where it cannot hold (SQLite on a network filesystem).
 
-The sweeper runs each trial as Hydra job number = trial number and passes the study's name
-and storage as `hydra.sweeper.*` overrides, so a run (in this process or another, on this
-machine or another) can load its trial, report the objective every epoch, be pruned, and be
-stopped when the sweep is.
+Public for apps and tools that open a sweep's study themselves; cheap to import (Hydra imports
+every public module of a plugin at start-up).
 """
 
 from __future__ import annotations
@@ -11,33 +10,25 @@ from __future__ import annotations
 import fcntl
 import logging
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from hydra.utils import instantiate
-from optuna.storages import RDBStorage
+from ._errors import ConfigError, first_line
 
-from lit_tune.config import ConfigError, first_line
-from lit_tune.signals import STOP, request_stop
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
 
 log = logging.getLogger(__name__)
 
-SWEEPER_TARGET = "hydra_plugins.lit_tune_sweeper.sweeper.LitTuneSweeper"
-PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the sweep's MLflow parent run
-STOP_ATTR = "stop_signal"  # trial system attr: the signal that stopped the sweep running it
 SQLITE = "sqlite:///"
 
 
 def open_storage(url: str, **kwargs: Any) -> RDBStorage:
     """An Optuna RDB storage; SQLite waits up to a minute for a lock instead of failing.
     A URL that names no database we can open is a ConfigError (password masked)."""
+    from optuna.storages import RDBStorage
     from sqlalchemy.exc import SQLAlchemyError
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
@@ -141,66 +132,3 @@ def store_lock(url: str) -> Iterator[None]:
             yield
     finally:
         engine.dispose()
-
-
-@dataclass(frozen=True)
-class SweepTrial:
-    """This run's trial, its study's name and the sweep's MLflow parent run (if any)."""
-
-    trial: optuna.Trial
-    study_name: str
-    parent_run_id: str | None
-
-    @property
-    def reports(self) -> bool:
-        """Whether the run reports its objective every epoch (for the pruner and the
-        intermediate-values plot): Optuna takes reports from single-objective studies only."""
-        return len(self.trial.study.directions) == 1
-
-
-def current_trial() -> SweepTrial | None:
-    """The trial this run is, when a lit_tune sweep launched it; None otherwise. While the
-    trial runs, a stopped sweep's request to stop it sets STOP here (see `_stop_when_asked`)."""
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    sweeper = hydra_cfg.sweeper
-    if hydra_cfg.mode != RunMode.MULTIRUN or sweeper.get("_target_") != SWEEPER_TARGET:
-        return None
-    pruner = instantiate(sweeper.pruner, _execution_whitelist_=["optuna.pruners.*"])
-    storage = open_storage(sweeper.storage)
-    study = optuna.load_study(
-        study_name=sweeper.study_name,
-        storage=storage,
-        sampler=optuna.samplers.RandomSampler(),  # this side never samples
-        pruner=pruner,
-    )
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(
-        study._study_id, hydra_cfg.job.num
-    )
-    _stop_when_asked(storage, trial_id, sweeper.heartbeat_interval)
-    return SweepTrial(
-        trial=optuna.trial.Trial(study, trial_id),
-        study_name=study.study_name,
-        parent_run_id=study.user_attrs.get(PARENT_RUN_ATTR),
-    )
-
-
-def _stop_when_asked(storage: RDBStorage, trial_id: int, interval: float) -> None:
-    """Set STOP once the sweep asks the trial to stop (Ctrl-C or SIGTERM), looking every
-    `interval` seconds from a thread until the trial ends. A signal reaches a job only in the
-    sweep's process group on its machine: not Ray's workers, nor a job on another machine."""
-
-    def watch() -> None:
-        while not STOP.wait(interval):
-            try:
-                trial = storage.get_trial(trial_id)
-            except Exception as error:  # a missed look must not end the run
-                log.debug("cannot read trial %d: %s", trial_id, error)
-                continue
-            if STOP_ATTR in trial.system_attrs:
-                request_stop(int(trial.system_attrs[STOP_ATTR]))
-            elif trial.state.is_finished():
-                return
-
-    threading.Thread(target=watch, name=f"stop-watch-{trial_id}", daemon=True).start()
