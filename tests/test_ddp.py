@@ -124,4 +124,9 @@ def test_plain_ddp_is_refused_in_a_sweep(tmp_path: Path):
     assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["plain"]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert not [r for r in runs if "optuna.trial_number" in r.data.tags]
+    # Nothing trained: each trial's run is the sweeper's record of its failure, no metrics.
+    trial_runs = [r for r in runs if "optuna.trial_number" in r.data.tags]
+    assert trial_runs
+    for run in trial_runs:
+        assert run.info.status == "FAILED" and not run.data.metrics
+        assert run.data.tags["fail_reason"].startswith("ConfigError: trainer.strategy=ddp")

@@ -13,8 +13,8 @@ import pytest
 from conftest import run_cli
 from mlflow import MlflowClient
 
+from hydra_plugins.lit_tune_sweeper._errors import ConfigError
 from hydra_plugins.lit_tune_sweeper.storage import check_parallel_sqlite, network_filesystem
-from lit_tune.config import ConfigError
 
 SWEEP = ["-m", "hparams_search=mlp", "hydra.sweeper.n_trials=1", "trainer.max_epochs=1"]
 
@@ -112,9 +112,10 @@ CASES = {
         "hydra.sweeper.max_failure_rate=2.0: must be in [0, 1]",
         2,
     ),
-    "direction against objective.mode": (
+    "direction given in place of objective.mode": (
         [*SWEEP, "hydra.sweeper.direction=minimize"],
-        "hydra.sweeper.direction=minimize: objective.mode is max",
+        "hydra.sweeper.direction=minimize: lit_tune's direction follows objective.mode; set "
+        "objective.mode=max or objective.mode=min instead",
         2,
     ),
     "bad storage URL": (

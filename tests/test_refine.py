@@ -10,8 +10,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import create_trial
 
+from hydra_plugins.lit_tune_sweeper._errors import ConfigError
 from hydra_plugins.lit_tune_sweeper._refine import refined_params
-from lit_tune.config import ConfigError
 
 SPACE = {
     "optimizer.lr": FloatDistribution(1e-4, 1.0, log=True),

@@ -301,6 +301,7 @@ def check_choices(args: list[str], conf_dir: Path) -> None:
             raise ConfigError("; ".join(str(error).strip().splitlines()[:2])) from None
     for key in keys:
         _check_key(cfg, key)
+    _check_direction_not_set(overrides, cfg)
     if "-m" in args or "--multirun" in args:
         _check_finders_in_sweep(overrides, cfg)
     for override in overrides:
@@ -320,6 +321,28 @@ def _check_writable(key: str, value: str) -> None:
         raise ConfigError(f"{key}={value}: cannot write there; {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{key}={value}: cannot write there; {existing} is not writable")
+
+
+def _check_direction_not_set(overrides: list[Any], cfg: DictConfig) -> None:
+    """Raise ConfigError where a direction is given to lit_tune's sweeper in place of the
+    interpolation from `objective.mode` (conf/hydra/sweeper/lit_tune.yaml): one fact, one key.
+    A multi-objective search lists the first direction as that interpolation."""
+    sweeper = OmegaConf.select(cfg, "hydra.sweeper", default=None)
+    if sweeper is None or "direction" not in sweeper:
+        return
+    given = [o.get_value_element_as_str() for o in overrides if o.key_or_group == _DIRECTION]
+    settings = OmegaConf.to_container(sweeper, resolve=False)
+    raw = settings["direction"] if isinstance(settings, dict) else None
+    first = raw[0] if isinstance(raw, list) and raw else raw
+    if given or "objective.mode" not in str(first):
+        value = given[0] if given else (raw if isinstance(raw, str) else list(raw))
+        raise ConfigError(
+            f"{_DIRECTION}={value}: lit_tune's direction follows objective.mode; set "
+            "objective.mode=max or objective.mode=min instead"
+        )
+
+
+_DIRECTION = "hydra.sweeper.direction"
 
 
 def _check_finders_in_sweep(overrides: list[Any], cfg: DictConfig) -> None:

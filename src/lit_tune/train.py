@@ -113,7 +113,8 @@ def _train(cfg: DictConfig) -> float | list[float]:
     sweep = current_trial()  # None unless a lit_tune sweep launched this run
     callbacks = [ObjectiveLogged(cfg.objective.metric), *callbacks, StopOnRequest(sweep)]
     # Last: a pruned trial's fit raises TrialPruned as it ends, after the plots are drawn.
-    callbacks += [tracking.ResultPlots(), PruningCallback(cfg.objective.metric)]
+    pruning = PruningCallback(cfg.objective.metric)
+    callbacks += [tracking.ResultPlots(), pruning]
     trainer: L.Trainer = build.build(
         cfg, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()]
     )
@@ -127,6 +128,7 @@ def _train(cfg: DictConfig) -> float | list[float]:
         tuning.record(trainer.loggers, found, cfg.paths.output_dir)
         resume = to_absolute_path(cfg.ckpt_path) if cfg.ckpt_path else None
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        pruning.check_pruned()  # for ddp_spawn, whose ranks cannot raise it
         values = _objective(trainer, cfg.objective, num_parameters)
         best = trainer.checkpoint_callback
         ckpt_path = "best" if isinstance(best, ModelCheckpoint) and best.best_model_path else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import lightning as L
@@ -22,11 +23,16 @@ class PruningCallback(PyTorchLightningPruningCallback):
     last step a trial reaches. A pruned trial ends its epoch (its training metrics logged,
     as under DDP), and `trainer.fit` raises `optuna.TrialPruned`, which the sweeper records
     PRUNED.
+
+    Under `ddp_spawn` the callback runs in the spawned ranks, whose exceptions Lightning turns
+    into a failure: call `check_pruned()` after `trainer.fit` in the process that made the
+    trainer, as with Optuna's own callback.
     """
 
     pruned: optuna.TrialPruned | None = None
 
     def __init__(self, monitor: str | None = None) -> None:
+        self.pid = os.getpid()  # a spawned rank gets a copy: it must not raise
         self.sweep = current_trial()
         if self.sweep is None or not self.sweep.reports:
             self.sweep = None
@@ -56,10 +62,12 @@ class PruningCallback(PyTorchLightningPruningCallback):
             trainer.fit_loop.epoch_loop.min_steps = 0
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.check_pruned()
+        if os.getpid() == self.pid:
+            self.check_pruned()
 
     def check_pruned(self) -> None:
-        """Raise `optuna.TrialPruned` if the trial was pruned (`fit` does it as it ends)."""
+        """Raise `optuna.TrialPruned` if the trial was pruned, in this process or in the
+        ranks it spawned (`fit` does it as it ends, but for `ddp_spawn`)."""
         if self.sweep is None:
             return
         if self.pruned is not None:
