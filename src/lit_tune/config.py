@@ -335,7 +335,7 @@ def _check_direction_not_set(overrides: list[Any], cfg: DictConfig) -> None:
     raw = settings["direction"] if isinstance(settings, dict) else None
     first = raw[0] if isinstance(raw, list) and raw else raw
     if given or "objective.mode" not in str(first):
-        value = given[0] if given else (raw if isinstance(raw, str) else list(raw))
+        value = given[0] if given else raw
         raise ConfigError(
             f"{_DIRECTION}={value}: lit_tune's direction follows objective.mode; set "
             "objective.mode=max or objective.mode=min instead"
