@@ -18,10 +18,13 @@ SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo))
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The sweeper (plugins/hydra_lit_tune_sweeper) in the same command as lit_tune, which needs it:
+# pip takes it from here, never from the index.
+SWEEPER := plugins/hydra_lit_tune_sweeper
+$(STAMP): pyproject.toml $(SWEEPER)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e './$(SWEEPER)[lightning]' -e '.[dev]'
 	command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 	touch $(STAMP)
@@ -56,8 +59,8 @@ test: install
 	$(PY) -m pytest -n 2 $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src tests bench train.py examples
-	$(VENV)/bin/ruff format --check src tests bench train.py examples
+	$(VENV)/bin/ruff check src $(SWEEPER) tests bench train.py examples
+	$(VENV)/bin/ruff format --check src $(SWEEPER) tests bench train.py examples
 	$(VENV)/bin/mypy
 
 ui: install  ## the store under MLRUNS on 127.0.0.1:PORT

@@ -1,6 +1,6 @@
 """The private APIs of Optuna, Hydra and its plugins that the sweeper still uses, each held to
 what the sweeper needs of it: an upgrade that breaks one fails here, by name, before it breaks
-a sweep (docs/sweeper.md, "Private APIs")."""
+a sweep (the plugin's README, "Private APIs")."""
 
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ class RefineConfig:
 
 @dataclass
 class MLflowConfig:
-    """Where the sweep's parent run goes; the trials' runs nest under it (docs/sweeper.md)."""
+    """Where the sweep's parent run goes; the trials' runs nest under it (the plugin's README)."""
 
     # false: no MLflow at all.
     parent_run: bool = True

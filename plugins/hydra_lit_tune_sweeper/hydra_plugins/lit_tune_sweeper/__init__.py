@@ -2,7 +2,7 @@
 
 Reads the config language of hydra-optuna-sweeper (params, samplers, direction, storage, ...)
 and adds pruning, failure tolerance, resume, parallel trials without batch barriers, and an
-MLflow parent run per sweep with one nested run per trial. docs/sweeper.md is its manual.
+MLflow parent run per sweep with one nested run per trial. The plugin's README is its manual.
 
 The app's side, for a job that wants to report, be pruned or stop when the sweep stops:
 

@@ -23,7 +23,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 
 # hydra-optuna-sweeper's implementation: the drop-in reads its config language (params,
-# custom_search_space, the grid) with its own code; neither is public (docs/sweeper.md,
+# custom_search_space, the grid) with its own code; neither is public (the plugin's README,
 # tests/test_private_apis.py).
 from hydra_plugins.hydra_optuna_sweeper._impl import (
     OptunaSweeperImpl,
