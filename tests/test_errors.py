@@ -112,10 +112,10 @@ CASES = {
         "hydra.sweeper.max_failure_rate=2.0: must be in [0, 1]",
         2,
     ),
-    "direction given in place of objective.mode": (
-        [*SWEEP, "hydra.sweeper.direction=minimize"],
-        "hydra.sweeper.direction=minimize: lit_tune's direction follows objective.mode; set "
-        "objective.mode=max or objective.mode=min instead",
+    "direction and objective.mode both given, and at odds": (
+        [*SWEEP, "hydra.sweeper.direction=minimize", "objective.mode=max"],
+        "hydra.sweeper.direction=minimize, objective.mode=max: give one of the two, the other "
+        "follows it",
         2,
     ),
     "bad storage URL": (

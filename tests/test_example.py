@@ -20,6 +20,11 @@ EXAMPLE = ROOT / "examples" / "friedman"
 # What the README's runs get appended: a few epochs and trials on fewer rows.
 SHORT = ["data.samples=600", "trainer.max_epochs=4", "callbacks.progress_bar.refresh_rate=0"]
 SHORT_SWEEP = [*SHORT, "hydra.sweeper.n_trials=3"]
+# Where the new environment imports lit_tune and the sweeper from.
+WHERE = (
+    "import friedman, lit_tune, hydra_plugins.lit_tune_sweeper as s; "
+    "print(lit_tune.__file__, s.__file__)"
+)
 
 
 def readme_commands(readme: Path) -> list[str]:
@@ -31,12 +36,13 @@ def readme_commands(readme: Path) -> list[str]:
 
 
 def copy_repository(to: Path) -> Path:
-    """What a clone holds of lit_tune (its package, configs, pyproject) and the example."""
+    """What a clone holds of lit_tune (its package, configs, pyproject), its sweeper and the
+    example."""
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "mlruns", "outputs", "multirun")
     to.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, to / name)
-    for name in ("src", "conf", "examples"):
+    for name in ("src", "conf", "plugins", "examples"):
         shutil.copytree(ROOT / name, to / name, symlinks=True, ignore=ignore)
     return to / "examples" / "friedman"
 
@@ -71,13 +77,15 @@ def test_the_example_runs_by_its_readme(tmp_path: Path):
         outputs.append(done.stdout)
 
     where = subprocess.run(
-        [str(bin_dir / "python"), "-c", "import lit_tune, friedman; print(lit_tune.__file__)"],
+        [str(bin_dir / "python"), "-c", WHERE],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
     )
-    assert where.stdout.startswith(str(tmp_path / "repo" / "src")), where.stderr  # the copy's
+    ours, sweeper = where.stdout.split()
+    assert ours.startswith(str(tmp_path / "repo" / "src")), where.stderr  # the copy's
+    assert sweeper.startswith(str(tmp_path / "repo" / "plugins" / "hydra_lit_tune_sweeper"))
 
     # The one run and the sweep wrote to the example's mlruns/: a parent and three trials.
     assert len(objectives(outputs[2])) == 1 and len(objectives(outputs[3])) == 3
@@ -86,17 +94,23 @@ def test_the_example_runs_by_its_readme(tmp_path: Path):
     assert not (ROOT / "examples" / "friedman" / "mlruns").exists()
 
 
-def test_a_wheel_holds_the_configs(tmp_path: Path):
-    """A non-editable install has conf/ inside the package (src/lit_tune/conf is a link)."""
+def test_wheels_hold_the_configs_and_the_sweeper_apart(tmp_path: Path):
+    """A non-editable install has conf/ inside the package (src/lit_tune/conf is a link); the
+    sweeper is a wheel of its own, which holds no lit_tune."""
     repo = copy_repository(tmp_path / "repo").parents[1]
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), repo],
-        check=True,
-        env=cli_env(),
-    )
+    for project in (repo, repo / "plugins" / "hydra_lit_tune_sweeper"):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), project],
+            check=True,
+            env=cli_env(),
+        )
     (wheel,) = tmp_path.glob("lit_tune-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "lit_tune/conf/train.yaml" in names
     expected = {f"lit_tune/{p.relative_to(ROOT)}" for p in (ROOT / "conf").rglob("*.yaml")}
     assert expected <= names
+    assert not [n for n in names if n.startswith("hydra_plugins/")]
+    (wheel,) = tmp_path.glob("hydra_lit_tune_sweeper-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
     assert "hydra_plugins/lit_tune_sweeper/__init__.py" in names
+    assert not [n for n in names if n.startswith(("lit_tune/", "hydra_plugins/__init__"))]

@@ -66,7 +66,8 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_sweep_goes_on(app
     queued = optuna.create_study(study_name="foreign", storage=storage, direction="minimize")
     for x in (4.8, -4.8, 1.5):
         queued.enqueue_trial({"x": x})
-    run(sweep(app, "hydra.sweeper.n_trials=5"), app)
+    # Up to every trial may fail: the two queued failures and any the sampler finds.
+    run(sweep(app, "hydra.sweeper.n_trials=5", "hydra.sweeper.max_failure_rate=1"), app)
     trials = study(app).trials
     assert [t.state for t in trials[:3]] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
     assert "x=4.8 is out of range" in trials[0].user_attrs[FAIL_REASON]
@@ -119,13 +120,15 @@ def test_the_no_barrier_check_fails_against_a_sweeper_that_runs_in_batches(app: 
 
 
 def test_a_killed_sweep_run_again_ends_with_exactly_its_budget(app: Path):
-    args = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"]
-    kill_while_trial_runs(sweep(app, "sleep=2", *args), app, cli_env(), lambda: study(app).trials)
+    command = sweep(
+        app, "sleep=2", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2"
+    )
+    kill_while_trial_runs(command, app, cli_env(), lambda: study(app).trials)
     assert any(t.state == TrialState.RUNNING for t in study(app).trials)
 
     time.sleep(2.5)  # the killed trial's heartbeat is older than grace_period
     second = subprocess.run(
-        sweep(app, *args), cwd=app, env=cli_env(), capture_output=True, text=True, timeout=300
+        command, cwd=app, env=cli_env(), capture_output=True, text=True, timeout=300
     )
     assert second.returncode == 0, second.stderr[-3000:]
     trials = study(app).trials

@@ -327,6 +327,19 @@ def test_a_stock_sweeper_params_block_runs_unchanged(tmp_path: Path):
     assert distributions["data.batch_size"] == CategoricalDistribution([32, 64, 128, 256])
 
 
+def test_a_direction_given_to_the_sweeper_decides_objective_mode(tmp_path: Path):
+    # One fact, either key: as a stock block gives it, the direction fills objective.mode,
+    # which the trial's checkpointing and early stopping then follow.
+    args = ["hparams_search=mlp", *FAST, "trainer.max_epochs=1", "hydra.sweeper.n_trials=1"]
+    args += ["hydra.sweeper.study_name=given", "hydra.sweeper.direction=minimize"]
+    result = run_cli("-m", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load(tmp_path, "given").direction.name == "MINIMIZE"
+    _, children = mlflow_runs(tmp_path, "given")
+    (run,) = children[0]
+    assert run.data.params["objective.mode"] == "min"
+
+
 def test_multi_objective_sweep_returns_a_pareto_front(tmp_path: Path):
     result = run_cli(
         "-m",

@@ -54,9 +54,16 @@ OmegaConf.register_resolver("lit_tune.precision", auto_precision, replace=True)
 
 
 def objective_mode(metric: str, *, _root_: DictConfig) -> str:
-    """max or min for `metric` (`objective.mode`'s default): min for a loss, else what the
-    torchmetrics metric of that name under `module.metrics` says of itself (higher_is_better).
-    `val/acc_best` is judged as `acc`."""
+    """max or min for `metric` (`objective.mode`'s default). A direction a config gave the
+    sweeper itself (a stock hydra-optuna-sweeper block) decides it; else min for a loss, else
+    what the torchmetrics metric of that name under `module.metrics` says of itself
+    (higher_is_better). `val/acc_best` is judged as `acc`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        given = given_direction(HydraConfig.get().sweeper)
+        if given is not None:
+            return {"maximize": "max", "minimize": "min"}.get(given, given)
     name = metric.rsplit("/", 1)[-1].removesuffix("_best")
     if "loss" in name:
         return "min"
@@ -73,6 +80,19 @@ def objective_mode(metric: str, *, _root_: DictConfig) -> str:
             f"val/<name>_best for {known} (add others under module.metrics)"
         )
     return "max" if _higher_is_better(metrics[name]) else "min"
+
+
+def given_direction(sweeper: DictConfig | None) -> str | None:
+    """The sweeper's (first) direction where a config gave it, not the interpolation from
+    `objective.mode` that conf/hydra/sweeper/lit_tune.yaml puts there; None otherwise."""
+    if sweeper is None or "direction" not in sweeper:
+        return None
+    settings = OmegaConf.to_container(sweeper, resolve=False)
+    raw = settings["direction"] if isinstance(settings, dict) else None
+    first = raw[0] if isinstance(raw, list) and raw else raw
+    if first is None or "objective.mode" in str(first):
+        return None
+    return str(first).lower()
 
 
 def _higher_is_better(node: DictConfig) -> bool:
@@ -301,7 +321,7 @@ def check_choices(args: list[str], conf_dir: Path) -> None:
             raise ConfigError("; ".join(str(error).strip().splitlines()[:2])) from None
     for key in keys:
         _check_key(cfg, key)
-    _check_direction_not_set(overrides, cfg)
+    _check_one_direction(overrides, cfg)
     if "-m" in args or "--multirun" in args:
         _check_finders_in_sweep(overrides, cfg)
     for override in overrides:
@@ -323,22 +343,22 @@ def _check_writable(key: str, value: str) -> None:
         raise ConfigError(f"{key}={value}: cannot write there; {existing} is not writable")
 
 
-def _check_direction_not_set(overrides: list[Any], cfg: DictConfig) -> None:
-    """Raise ConfigError where a direction is given to lit_tune's sweeper in place of the
-    interpolation from `objective.mode` (conf/hydra/sweeper/lit_tune.yaml): one fact, one key.
-    A multi-objective search lists the first direction as that interpolation."""
-    sweeper = OmegaConf.select(cfg, "hydra.sweeper", default=None)
-    if sweeper is None or "direction" not in sweeper:
+def _check_one_direction(overrides: list[Any], cfg: DictConfig) -> None:
+    """Raise ConfigError where both the sweeper's direction and `objective.mode` are given
+    and disagree. Given one, the other follows it: `objective.mode` fills the sweeper's
+    direction (conf/hydra/sweeper/lit_tune.yaml), and a direction given to the sweeper (a
+    stock hydra-optuna-sweeper block, `hydra.sweeper.direction=`) fills `objective.mode`."""
+    given = {o.key_or_group: o.get_value_element_as_str() for o in overrides}
+    mode = given.get("objective.mode")
+    direction = given.get(_DIRECTION) or given_direction(
+        OmegaConf.select(cfg, "hydra.sweeper", default=None)
+    )
+    if mode is None or direction is None:
         return
-    given = [o.get_value_element_as_str() for o in overrides if o.key_or_group == _DIRECTION]
-    settings = OmegaConf.to_container(sweeper, resolve=False)
-    raw = settings["direction"] if isinstance(settings, dict) else None
-    first = raw[0] if isinstance(raw, list) and raw else raw
-    if given or "objective.mode" not in str(first):
-        value = given[0] if given else raw
+    if {"max": "maximize", "min": "minimize"}.get(mode) != direction.lower():
         raise ConfigError(
-            f"{_DIRECTION}={value}: lit_tune's direction follows objective.mode; set "
-            "objective.mode=max or objective.mode=min instead"
+            f"{_DIRECTION}={direction}, objective.mode={mode}: give one of the two, the "
+            "other follows it"
         )
 
 
