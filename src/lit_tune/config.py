@@ -349,9 +349,7 @@ def _check_one_direction(overrides: list[Any], cfg: DictConfig) -> None:
     direction (conf/hydra/sweeper/lit_tune.yaml), and a direction given to the sweeper (a
     stock hydra-optuna-sweeper block, `hydra.sweeper.direction=`) fills `objective.mode`."""
     given = {
-        o.key_or_group: o.get_value_element_as_str()
-        for o in overrides
-        if not o.is_sweep_override()
+        o.key_or_group: o.get_value_element_as_str() for o in overrides if not o.is_sweep_override()
     }
     mode = given.get("objective.mode")
     direction = given.get(_DIRECTION) or given_direction(
