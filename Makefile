@@ -14,7 +14,7 @@ BACKEND ?= sqlite:///$(MLRUNS)/server.db
 # The browser test (tests/test_ui.py) drives Debian's Chromium: Playwright downloads no browser.
 SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo))
 
-.PHONY: install train sweep sweep-mnist where bench test lint ui dashboard server postgres postgres-stop clean distclean
+.PHONY: install train sweep sweep-mnist where best eval predict serve bench test lint ui dashboard server postgres postgres-stop clean distclean
 
 install: $(STAMP)
 
@@ -46,6 +46,30 @@ where:
 	@echo "Results: $$(ls -td multirun/*/*/ | head -1)optimization_results.yaml"
 	@echo "Compare the trials: make ui, then http://127.0.0.1:5000 (experiment lit_tune;"
 	@echo "the sweep is the parent run, its trials are nested under it)."
+
+# Use the winner (README, "Use the winner"). MODEL: models:/<study>@champion, models:/NAME/3,
+# runs:/<run id>; eval also takes a checkpoint file. The store is MLRUNS's, unless
+# MLFLOW_TRACKING_URI says otherwise.
+MODEL ?=
+STUDY ?=
+INPUT ?=
+OUTPUT ?= predictions.csv
+SERVE_PORT ?= 5002
+TRACKING ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///$(MLRUNS)/mlflow.db)
+best: install  ## the best trial of STUDY and the command that retrains it
+	$(PY) train.py best $(STUDY) --storage sqlite:///$(MLRUNS)/optuna.db $(ARGS)
+
+eval: install  ## test MODEL again (ARGS: overrides, e.g. data=...), recorded in MLflow
+	MLFLOW_TRACKING_URI=$(TRACKING) $(PY) train.py eval $(MODEL) $(ARGS)
+
+predict: install  ## MODEL's predictions for INPUT (.csv, .npy, a folder of images) to OUTPUT
+	MLFLOW_TRACKING_URI=$(TRACKING) $(PY) train.py predict $(MODEL) $(INPUT) -o $(OUTPUT) $(ARGS)
+
+# MLflow's scoring server on this machine's environment (no conda or virtualenv to fetch),
+# on 127.0.0.1 unless HOST says otherwise: POST /invocations {"inputs": [...]}.
+serve: install
+	PATH=$(abspath $(VENV))/bin:$$PATH MLFLOW_TRACKING_URI=$(TRACKING) $(VENV)/bin/mlflow models serve \
+		-m '$(MODEL)' --env-manager local --host $(HOST) --port $(SERVE_PORT)
 
 # The pruning benchmark takes 10-15 minutes a seed on a 2-core CPU; a seed already measured with
 # the same settings is read back from bench/results/, so an interrupted `make bench` resumes.

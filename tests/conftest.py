@@ -144,7 +144,9 @@ def make_server(target: str, log: Path, **variables: str) -> Iterator[str]:
     """`make TARGET PORT=<free port> VARIABLES...` serving MLflow (`ui`, `server`) until the
     block ends; then stopped with all its processes. Yields its URL."""
     port = free_port()
-    command = make_command(target, PORT=str(port), SERVER_PORT=str(port), **variables)
+    command = make_command(
+        target, PORT=str(port), SERVER_PORT=str(port), SERVE_PORT=str(port), **variables
+    )
     # One worker and no job runner (GenAI jobs: 8 more processes) start in a third of the time
     # on two busy cores; the flags stay those of the make target.
     env = {**cli_env(), "MLFLOW_WORKERS": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -85,6 +85,10 @@ class TaskModule(StepsPerExecution):
         """What the metrics compare with the targets."""
         raise NotImplementedError
 
+    def answer(self, output: Tensor) -> Tensor:
+        """What a served model returns for the net's output (lit_tune/export.py)."""
+        raise NotImplementedError
+
     # -- training ----------------------------------------------------------------------------
 
     def forward(self, x: Tensor) -> Tensor:
@@ -210,6 +214,10 @@ class Classifier(TaskModule):
         probabilities = output.softmax(-1)
         return probabilities[:, 1] if self.task == "binary" else probabilities
 
+    def answer(self, output: Tensor) -> Tensor:
+        """The probability of every class (binary too: two columns)."""
+        return output.softmax(-1)
+
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         output = self._evaluate(batch, self.test_loss, self.test_metrics)
         self.test_confusion.update(output, batch[1])
@@ -275,6 +283,12 @@ class Regressor(TaskModule):
     def predictions(self, output: Tensor) -> Tensor:
         output = self._standardised(output)
         return output * self._scale(self.target_std, output) + self._scale(self.target_mean, output)
+
+    def answer(self, output: Tensor) -> Tensor:
+        """The predicted values, in the targets' units: (N, targets)."""
+        values = self.predictions(output)
+        # unsqueeze, not reshape(len(output), -1): len() would fix the exported batch size.
+        return values.unsqueeze(-1) if values.ndim == 1 else values
 
     @staticmethod
     def _scale(statistic: Tensor, like: Tensor) -> Tensor:

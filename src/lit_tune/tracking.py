@@ -126,7 +126,7 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 @rank_zero_only  # under DDP, every rank runs train(); one records
 def log_results(loggers: list[Logger], cfg: DictConfig) -> None:
     """Add the resolved config and the learning curves to an MLflow run."""
-    for client, run_id in _mlflow_runs(loggers):
+    for client, run_id in mlflow_runs(loggers):
         client.log_text(run_id, mask(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         figure = learning_curves(client, run_id, cfg.objective.metric)
         client.log_figure(run_id, figure, "plots/learning_curves.png")
@@ -154,12 +154,12 @@ class ResultPlots(Callback):
 
 
 def _log_figure(loggers: list[Logger], figure: Figure, name: str) -> None:
-    for client, run_id in _mlflow_runs(loggers):
+    for client, run_id in mlflow_runs(loggers):
         client.log_figure(run_id, figure, f"plots/{name}.png")
     plt.close(figure)
 
 
-def _mlflow_runs(loggers: list[Logger]) -> list[tuple[MlflowClient, str]]:
+def mlflow_runs(loggers: list[Logger]) -> list[tuple[MlflowClient, str]]:
     """(client, run id) of each MLflow logger whose run exists."""
     return [
         (logger.experiment, logger.run_id)

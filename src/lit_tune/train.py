@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig
 
 from hydra_plugins.lit_tune_sweeper import PruningCallback, Trial, current_trial
-from lit_tune import build, tracking, tuning
+from lit_tune import best, build, evaluate, export, predict, tracking, tuning
 from lit_tune.checkpoint_io import AtomicCheckpointIO
 from lit_tune.config import ConfigError, check, check_choices, one_line_errors
 from lit_tune.module import TaskModule, count_parameters
@@ -92,6 +92,7 @@ def _not_logged(metric: str, logged: Any) -> str:
 
 def _train(cfg: DictConfig) -> float | list[float]:
     check(cfg)
+    export.check_setting(cfg.mlflow_model)
     check_trusted(cfg, trusted_targets())
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
@@ -135,6 +136,8 @@ def _train(cfg: DictConfig) -> float | list[float]:
         if _can_test(module, datamodule):
             trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         tracking.log_results(trainer.loggers, cfg)
+        if export.wanted(cfg.mlflow_model, values[0], sweep):
+            export.log_best(trainer, module, datamodule)
     except optuna.TrialPruned as pruned:
         tracking.log_results(trainer.loggers, cfg)  # its curves show why
         tracking.finish(trainer.loggers, "PRUNED", str(pruned))
@@ -207,20 +210,41 @@ def _objective(trainer: L.Trainer, objective: DictConfig, num_parameters: int) -
     return values
 
 
+COMMANDS = ("eval", "predict", "best")
+_evaluating: list[evaluate.Source] = []  # what `eval` tests, for the Hydra task below
+
+
 def main(trusted: Sequence[str] = (), config_dir: str | Path | None = None) -> None:
-    """`python train.py [overrides]` trains once, `python train.py -m [sweep overrides]` sweeps.
+    """`python train.py [overrides]` trains once, `python train.py -m [sweep overrides]` sweeps;
+    `eval MODEL [overrides]`, `predict MODEL INPUT` and `best STUDY` use what they made
+    (README, "Use the winner").
 
     `trusted`: more `_target_` patterns a config may name (`"myproj.*"`); `config_dir`: a folder
     of config groups of your own, searched after lit_tune's. Both can also be given in the
-    `[tool.lit_tune]` table of your project's pyproject.toml (README, "Tune your own model")."""
+    `[tool.lit_tune] table of your project's pyproject.toml (README, "Tune your own model")."""
     with one_line_errors():
         where, settings = project_settings()
         patterns = [*trusted, *settings.get("trusted", [])]
         os.environ[ENV] = ",".join([*os.environ.get(ENV, "").split(","), *patterns]).strip(",")
         folder = config_dir or settings.get("config_dir")
+        base = where.parent if where is not None and config_dir is None else Path.cwd()
+        conf_dirs = [*([(base / folder).resolve()] if folder is not None else []), Path(CONF_DIR)]
+        command = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in COMMANDS else None
+        if command == "best":
+            return best.main(sys.argv[2:], _program(), conf_dirs)
+        if command == "predict":
+            return predict.main(sys.argv[2:], _program())
+        if command == "eval":
+            if len(sys.argv) < 3 or sys.argv[2].startswith("-"):
+                raise ConfigError(
+                    "eval MODEL [overrides]: give MODEL, a checkpoint file or an "
+                    "MLflow URI (models:/NAME@champion)"
+                )
+            source = evaluate.resolve(sys.argv[2])
+            sys.argv[1:] = evaluate.merged(source.overrides, sys.argv[3:])
+            _evaluating.append(source)
         if folder is not None and not {"--config-dir", "-cd"} & set(sys.argv):
-            base = where.parent if where is not None and config_dir is None else Path.cwd()
-            sys.argv[1:1] = ["--config-dir", str((base / folder).resolve())]
+            sys.argv[1:1] = ["--config-dir", str(conf_dirs[0])]
         check_choices(sys.argv[1:], Path(CONF_DIR))
     try:
         _hydra_main()
@@ -228,11 +252,23 @@ def main(trusted: Sequence[str] = (), config_dir: str | Path | None = None) -> N
         sys.exit(exit_status())  # the run, or the sweep, has said what it closed and how to resume
 
 
+def _program() -> str:
+    """How this command was started: `python train.py` or `lit-tune`."""
+    started = sys.argv[0]
+    return f"python {started}" if started.endswith(".py") else Path(started).name
+
+
 @hydra.main(config_path=CONF_DIR, config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | list[float]:
+def _hydra_main(cfg: DictConfig) -> float | list[float] | None:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return train(cfg)  # the sweeper records the error as the trial's failure
     with one_line_errors():
+        if _evaluating:
+            with execution_whitelist(trusted_targets()), stop_on_signal():
+                results = evaluate.evaluate(cfg, _evaluating[0])
+            shown = ", ".join(f"{k} = {v:.6g}" for k, v in sorted(results.items()))
+            log.info("eval %s: %s", _evaluating[0].given, shown)
+            return None
         try:
             return train(cfg)
         except Interrupted:

@@ -9,10 +9,12 @@ from typing import Any
 import lightning as L
 import torch
 import torchvision
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 from lit_tune.config import ConfigError
+from lit_tune.data.memory import Normalise
 
 # The training split's per-channel mean and std, measured once per process.
 _measured: dict[tuple[Any, ...], tuple[list[float], list[float]]] = {}
@@ -87,6 +89,19 @@ class ImageFolder(L.LightningDataModule):
     @property
     def task(self) -> str:
         return "binary" if self.num_classes == 2 else "multiclass"
+
+    pixel_max = 1.0  # images read as floats in [0, 1] (torchvision's ToDtype, scaled)
+
+    def input_transform(self) -> nn.Module:
+        """What turns images resized to `image_size`, pixels in [0, 1], into what the loaders
+        serve: the normalisation."""
+        mean, std = self._statistics()
+        return Normalise(torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None])
+
+    def raw_examples(self, n: int) -> Tensor:
+        """The first `n` test images, resized, pixels in [0, 1] (a served model's example)."""
+        test = self._split(self._plain(), "test")
+        return torch.stack([test[i][0] for i in range(min(n, len(test)))])  # type: ignore[arg-type]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -24,6 +24,8 @@ IDX_FILES = (
 class Digits(InMemoryData):
     """scikit-learn's bundled 8x8 digits (1,797 images); test_fraction of them held out."""
 
+    pixel_max = 16.0  # grey levels 0..16
+
     def __init__(
         self, batch_size: int, val_fraction: float, test_fraction: float, seed: int, **serve: Any
     ) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_tune import fast_path
@@ -133,6 +133,22 @@ def normalise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return (x.float() - mean) / std
 
 
+class Normalise(nn.Module):
+    """`normalise` with a split's statistics, as a module: what a served model puts before
+    the net so that it takes raw examples."""
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float().cpu())
+        self.register_buffer("std", std.float().cpu())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return normalise(x, self.mean, self.std)
+
+
 def split_off_test(
     x: Tensor, y: Tensor, fraction: float, seed: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -163,6 +179,9 @@ class InMemoryData(L.LightningDataModule):
 
     task: Task = "multiclass"
     num_classes: int = 10
+    # The largest raw pixel value of an image data set (None: not images): how a served
+    # model's caller scales an image file's pixels.
+    pixel_max: float | None = 255.0
     serves_pieces = True  # the fast path may serve it several batches at a time
 
     def __init__(
@@ -235,6 +254,15 @@ class InMemoryData(L.LightningDataModule):
         splits, mean, std, found = _loaded[key]
         vars(self).update(found)
         return splits, mean, std
+
+    def input_transform(self) -> nn.Module:
+        """What turns raw examples into what the loaders serve: the normalisation."""
+        _, mean, std = self._raw()
+        return Normalise(mean, std)
+
+    def raw_examples(self, n: int) -> Tensor:
+        """The first `n` raw test examples, as float32 (a served model's input example)."""
+        return self._raw()[0]["test"][0][:n].float()
 
     def train_examples(self) -> int:
         return len(self._raw()[0]["train"][1])

@@ -31,6 +31,8 @@ class Tabular(InMemoryData):
     split's `target_mean` and `target_std`. Missing values are refused: fill or drop them first.
     """
 
+    pixel_max = None  # a table, not images
+
     def __init__(
         self,
         batch_size: int,
@@ -60,6 +62,7 @@ class Tabular(InMemoryData):
         self.dataset, self.path, self.target = dataset, path, target
         self.features, self.wanted_task = features, task
         self._names: list[str] = []
+        self._columns: list[str] = []
 
     def key(self) -> tuple[Any, ...]:
         where = Path(self.path).resolve() if self.path else None
@@ -113,6 +116,7 @@ class Tabular(InMemoryData):
             floating = pd.api.types.is_float_dtype(labels)
             task = "regression" if floating else "binary" if labels.nunique() == 2 else "multiclass"
         self._task: Task = task
+        self._columns = [str(c) for c in x.columns]
         if task == "regression":
             y = torch.tensor(labels.to_numpy(dtype="float32"))
         else:
@@ -123,12 +127,18 @@ class Tabular(InMemoryData):
         return split_off_test(features_tensor, y, self.test_fraction, self.seed)
 
     def found_while_loading(self) -> dict[str, Any]:
-        return {"_task": self._task, "_names": self._names}
+        return {"_task": self._task, "_names": self._names, "_columns": self._columns}
 
     @property
     def task(self) -> Task:  # type: ignore[override]
         self._raw()
         return self._task
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The input columns, in order (a text column as one 0/1 column per value)."""
+        self._raw()
+        return self._columns
 
     @property
     def class_names(self) -> list[str]:

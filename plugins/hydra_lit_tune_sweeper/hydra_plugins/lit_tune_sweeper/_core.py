@@ -49,7 +49,7 @@ from ._study import (
     tell,
     write_results,
 )
-from ._trial import STOP_ATTR
+from ._trial import OVERRIDES_ATTR, STOP_ATTR
 from .storage import SQLITE, check_parallel_sqlite, mask, open_storage
 
 log = logging.getLogger(__name__)
@@ -363,6 +363,8 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 (overrides,) = self._configure_trials(
                     [trial], distributions, fixed, fixed_overrides
                 )
+                # The trial's whole command line, for rerunning it (`python app.py <these>`).
+                trial.set_user_attr(OVERRIDES_ATTR, [mask(str(o)) for o in overrides])
                 slot = free.pop(0)
                 overrides = [*overrides, *_launchers.gpu_override(slot, gpus, self.gpu_override)]
                 with self.lock:

@@ -63,12 +63,18 @@ class ParentRun:
     """One MLflow run per study; its trials' runs nest under it, in any process."""
 
     def __init__(
-        self, client: Any, run_id: str, experiment_id: str, register: str | None = None
+        self,
+        client: Any,
+        run_id: str,
+        experiment_id: str,
+        register: str | None = None,
+        alias: str = "champion",
     ) -> None:
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
-        self.register = register  # the artifact folder of a trial's model, if any
+        self.register = register  # the name of the MLflow model a trial logs, if any
+        self.alias = alias
 
     @classmethod
     def open(
@@ -96,9 +102,9 @@ class ParentRun:
         if run_id is not None:
             client.update_run(run_id, status="RUNNING")
             log.info("MLflow parent run %s reopened", run_id)
-            return cls(client, run_id, experiment, settings.register)
+            return cls(client, run_id, experiment, settings.register, settings.alias)
         run_id = cls._create(client, experiment, config, study, space)
-        return cls(client, run_id, experiment, settings.register)
+        return cls(client, run_id, experiment, settings.register, settings.alias)
 
     def job_env(self, study_name: str) -> dict[str, str]:
         """The environment of a trial's job: MLflow's fluent API logs to the sweep's store and
@@ -283,24 +289,39 @@ class ParentRun:
             )
 
     def _register(self, study: optuna.Study, best: optuna.trial.FrozenTrial) -> None:
-        """Register the best trial's model (its run's `register` folder) as a version of the
-        model named after the study."""
+        """Register the MLflow model named `register` that the best trial's run logged as a
+        version of the model named after the study (once), and point `alias` at it."""
         runs = self._trial_runs(best.number)
         if self.register is None or not runs:
             return
-        run = runs[0]
+        run_id = runs[0].info.run_id
+        logged = self.client.search_logged_models(
+            experiment_ids=[self.experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{self.register}'",
+        )
+        if not logged:
+            log.info(
+                "No model registered: trial %d logged none named %r", best.number, self.register
+            )
+            return
         name = re.sub(r"[^\w.-]", "_", study.study_name)
         try:
             self.client.get_registered_model(name)
         except MlflowException:
             self.client.create_registered_model(name)
-        versions = self.client.search_model_versions(
-            f"name = '{name}' and run_id = '{run.info.run_id}'"
-        )
-        if not versions:
+        versions = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if versions:
+            version = versions[0]
+        else:
+            model = logged[0]
             version = self.client.create_model_version(
-                name, source=f"{run.info.artifact_uri}/{self.register}", run_id=run.info.run_id
+                name,
+                source=model.model_uri,
+                run_id=run_id,
+                tags={"optuna.trial_number": str(best.number), "value": str(best.values[0])},
+                model_id=model.model_id,
             )
             log.info(
                 "Registered model %s version %s (trial %d)", name, version.version, best.number
             )
+        self.client.set_registered_model_alias(name, self.alias, version.version)

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 SWEEPER_TARGET = "hydra_plugins.lit_tune_sweeper.sweeper.LitTuneSweeper"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the sweep's MLflow parent run
 STOP_ATTR = "stop_signal"  # trial system attr: the signal that stopped the sweep running it
+OVERRIDES_ATTR = "overrides"  # trial user attr: its job's overrides (passwords masked)
 
 _current: dict[tuple[str, str, int], Trial] = {}  # one Trial per job, however often asked
 _lock = threading.Lock()

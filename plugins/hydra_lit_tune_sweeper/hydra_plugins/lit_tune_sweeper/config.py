@@ -110,9 +110,11 @@ class MLflowConfig:
     experiment: str | None = None
     # Where a new experiment keeps its artifacts (None: the store's default).
     artifact_location: str | None = None
-    # The artifact folder of a trial's run that holds its model: the best trial's is then
-    # registered as a version of the model named after the study. None: nothing registered.
+    # The name of the MLflow model a trial's run logs (`mlflow.<flavour>.log_model(name=...)`):
+    # the best trial's is registered as a version of the model named after the study, and
+    # `alias` points at it (moved when a resumed sweep finds a better one). None: nothing.
     register: str | None = None
+    alias: str = "champion"
 
 
 @dataclass
