@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from hydra_plugins.lit_tune_sweeper import Trial
-from lit_tune.config import ConfigError
+from lit_tune.config import ConfigError, first_line
 from lit_tune.module import Classifier, TaskModule
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,25 @@ def log_best(
     example = _example(datamodule)
     with torch.no_grad():
         output = served(example)
+    try:
+        info = _log(served, example, output, _metadata(datamodule, module), logger)
+    except Exception as error:  # a module torch.export cannot trace: the run stands without
+        reason = f"{type(error).__name__}: {first_line(error)}"
+        log.warning("No MLflow model for run %s: %s", logger.run_id, reason)
+        logger.experiment.set_tag(logger.run_id, "mlflow_model_error", reason[:5000])
+        return None
+    log.info("MLflow model %s (run %s)", info.model_uri, logger.run_id)
+    return str(info.model_uri)
+
+
+def _log(
+    served: Served, example: Tensor, output: Tensor, metadata: dict[str, Any], logger: MLFlowLogger
+) -> Any:
     import mlflow
     from mlflow.models import infer_signature
 
     with _fluent_run(logger):
-        info = mlflow.pytorch.log_model(
+        return mlflow.pytorch.log_model(
             served,
             name=MODEL_NAME,
             serialization_format="pt2",  # a graph: loads without lit_tune, unpickles no code
@@ -103,10 +117,8 @@ def log_best(
                 f"torch=={torch.__version__.split('+')[0]}",
                 f"mlflow=={mlflow.__version__}",
             ],
-            metadata=_metadata(datamodule, module),
+            metadata=metadata,
         )
-    log.info("MLflow model %s (run %s)", info.model_uri, logger.run_id)
-    return str(info.model_uri)
 
 
 @contextmanager
