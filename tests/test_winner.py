@@ -309,3 +309,21 @@ def test_bad_input_to_the_winners_commands_fails_in_one_line(swept: Path, tmp_pa
         assert lines[-1].startswith("Error: ") and expected in lines[-1], (args, lines[-3:])
     after = client(swept).search_runs([e.experiment_id for e in client(swept).search_experiments()])
     assert len(after) == before  # none of them made an MLflow run
+
+
+def test_which_runs_log_their_model():
+    from types import SimpleNamespace
+
+    from lit_tune.export import wanted
+
+    study = optuna.create_study(direction="maximize")
+    trial = SimpleNamespace(optuna=SimpleNamespace(study=study))
+    assert wanted("best", 0.1, None) and wanted("every", 0.1, None)
+    assert not wanted("none", 0.1, None)
+    assert wanted("best", 0.1, trial)  # the first trial to end is the best so far
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    assert wanted("best", 0.6, trial) and not wanted("best", 0.5, trial)
+    assert not wanted("best", 0.4, trial) and wanted("every", 0.4, trial)
+    assert not wanted("none", 0.9, trial)
+    pareto = optuna.create_study(directions=["maximize", "minimize"])
+    assert not wanted("best", 0.9, SimpleNamespace(optuna=SimpleNamespace(study=pareto)))
