@@ -84,13 +84,14 @@ def log_best(
     if isinstance(best, ModelCheckpoint) and best.best_model_path:
         checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(checkpoint["state_dict"])
-    served = Served(module.cpu(), _transform(datamodule)).eval()
-    example = _example(datamodule)
-    with torch.no_grad():
-        output = served(example)
     try:
+        served = Served(module.cpu(), _transform(datamodule)).eval()
+        example = _example(datamodule)
+        with torch.no_grad():
+            output = served(example)
         info = _log(served, example, output, _metadata(datamodule, module), logger)
-    except Exception as error:  # a module torch.export cannot trace: the run stands without
+    except Exception as error:  # a module with no forward, or one torch.export cannot trace:
+        # the run stands, with its checkpoints, and says why it has no model
         reason = f"{type(error).__name__}: {first_line(error)}"
         log.warning("No MLflow model for run %s: %s", logger.run_id, reason)
         logger.experiment.set_tag(logger.run_id, "mlflow_model_error", reason[:5000])
@@ -147,14 +148,17 @@ def _example(datamodule: L.LightningDataModule) -> Tensor:
     raw = getattr(datamodule, "raw_examples", None)
     if callable(raw):
         return raw(EXAMPLES).float().cpu()
-    for split in ("test", "val"):
-        try:
-            batch = next(iter(getattr(datamodule, f"{split}_dataloader")()))
-        except (AttributeError, NotImplementedError, StopIteration, TypeError):
-            continue
-        x = batch[0] if isinstance(batch, list | tuple) else batch
-        return torch.as_tensor(x)[:EXAMPLES].float().cpu()
-    raise ConfigError("mlflow_model: the datamodule serves no test or validation batch to trace")
+    for attempt in (1, 2):
+        for split in ("test", "val"):
+            try:
+                batch = next(iter(getattr(datamodule, f"{split}_dataloader")()))
+            except Exception:  # no such loader, an empty one, or one not set up
+                continue
+            x = batch[0] if isinstance(batch, list | tuple) else batch
+            return torch.as_tensor(x)[:EXAMPLES].float().cpu()
+        if attempt == 1:  # under ddp_spawn, this process never set the datamodule up
+            datamodule.setup("test")
+    raise ValueError("the datamodule serves no test or validation batch to trace")
 
 
 def _metadata(datamodule: L.LightningDataModule, module: L.LightningModule) -> dict[str, Any]:

@@ -314,13 +314,23 @@ class ParentRun:
             version = versions[0]
         else:
             model = logged[0]
-            version = self.client.create_model_version(
-                name,
-                source=model.model_uri,
-                run_id=run_id,
-                tags={"optuna.trial_number": str(best.number), "value": str(best.values[0])},
-                model_id=model.model_id,
-            )
+            # MLflow's registry resolves a models:/ source through the fluent API's tracking
+            # URI, not this client's: in a sweep whose jobs ran in other processes (joblib,
+            # Ray, SLURM) this process has none set, and the logged model is "not found".
+            import mlflow
+
+            previous = mlflow.get_tracking_uri()
+            mlflow.set_tracking_uri(self.client.tracking_uri)
+            try:
+                version = self.client.create_model_version(
+                    name,
+                    source=model.model_uri,
+                    run_id=run_id,
+                    tags={"optuna.trial_number": str(best.number), "value": str(best.values[0])},
+                    model_id=model.model_id,
+                )
+            finally:
+                mlflow.set_tracking_uri(previous)
             log.info(
                 "Registered model %s version %s (trial %d)", name, version.version, best.number
             )
