@@ -11,23 +11,35 @@ PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 SERVER_PORT ?= 5001
 BACKEND ?= sqlite:///$(MLRUNS)/server.db
-# The browser test (tests/test_ui.py) drives Debian's Chromium: Playwright downloads no browser.
+# sudo for apt (make test's browser, make postgres) when we are not root.
 SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo))
 
-.PHONY: install train sweep sweep-mnist where best eval predict serve bench test lint ui dashboard server postgres postgres-stop clean distclean
+.PHONY: install dev browser train sweep sweep-mnist where best eval predict serve bench test lint ui dashboard server postgres postgres-stop clean distclean
 
 install: $(STAMP)
 
 # The sweeper (plugins/hydra_lit_tune_sweeper) in the same command as lit_tune, which needs it:
-# pip takes it from here, never from the index.
+# pip takes it from here, never from the index. Python packages only: nothing from apt.
 SWEEPER := plugins/hydra_lit_tune_sweeper
 $(STAMP): pyproject.toml $(SWEEPER)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e './$(SWEEPER)[lightning]' -e .
+	touch $(STAMP)
+
+# What the tests and linters need on top: the dev extra (pytest, ruff, mypy, the Ray and SLURM
+# launchers, PostgreSQL's binaries as a wheel for the throwaway test cluster, Playwright).
+DEV_STAMP := $(VENV)/.dev-installed
+dev: $(DEV_STAMP)
+$(DEV_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e './$(SWEEPER)[lightning]' -e '.[dev]'
+	touch $(DEV_STAMP)
+
+# The browser test (tests/test_ui.py) drives Debian's Chromium: Playwright downloads no browser.
+# Only `make test` asks for it.
+browser:
 	command -v chromium >/dev/null || ! command -v apt-get >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
-	touch $(STAMP)
 
 train: install  ## one run on digits; e.g. make train ARGS="model=cnn optimizer=sgd"
 	$(PY) train.py $(ARGS)
@@ -79,10 +91,10 @@ bench: install  ## benchmarks (not tests); DATA_DIR holds MNIST/raw
 	$(PY) bench/pruning.py --data-dir $(DATA_DIR) --trials 40 --epochs 15 --train-fraction 0.25 \
 		--seeds $(SEEDS) --variant hydra/sweeper/pruner=successive_halving
 
-test: install
+test: dev browser
 	$(PY) -m pytest -n 2 $(ARGS)
 
-lint: install
+lint: dev
 	$(VENV)/bin/ruff check src $(SWEEPER) tests bench train.py examples
 	$(VENV)/bin/ruff format --check src $(SWEEPER) tests bench train.py examples
 	$(VENV)/bin/mypy

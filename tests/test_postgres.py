@@ -1,21 +1,28 @@
-"""Sweeps on several processes sharing one study in PostgreSQL, as `make postgres` sets it up
-(installed with apt and started when missing: CI runs just `make test`)."""
+"""Sweeps on several processes sharing one study in PostgreSQL, on a throwaway cluster of the
+test's own: `initdb` in a temporary folder, loopback only, a free port, stopped and removed at
+the end. The binaries are PostgreSQL's own, from the `pgserver` wheel of the dev extra (or
+PG_BIN); the tests install nothing with apt and never touch a system cluster. `make postgres`
+(a persistent server for users) is not what the tests run."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.util
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
-import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import optuna
 import psycopg
 import pytest
-from conftest import cli, cli_env, make_command
+from conftest import cli, cli_env, free_port
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -24,54 +31,152 @@ from hydra_plugins.lit_tune_sweeper.storage import open_storage
 from lit_tune.tracking import RUN_STATUS
 
 pytestmark = pytest.mark.slow
-# `make test PG_PORT=... PG_PASSWORD=...` reaches us through the environment (the Makefile
-# exports them); the defaults are the Makefile's.
-PORT = os.environ.get("PG_PORT", "5432")
-USER = os.environ.get("PG_USER", "lit_tune")
-PASSWORD = os.environ.get("PG_PASSWORD", "lit_tune")
+USER = "lit_tune"
+PASSWORD = "s3cret pg"  # a space and a word that must never reach a log
 
 
-def make_postgres(**variables: str) -> str:
-    result = subprocess.run(
-        make_command("postgres", PG_PORT=PORT, PG_USER=USER, PG_PASSWORD=PASSWORD, **variables),
-        capture_output=True,
-        text=True,
-        timeout=900,  # apt-get install on a fresh machine
-    )
-    if result.returncode != 0:
-        pytest.fail(f"make postgres failed ({result.returncode}):\n{result.stdout}{result.stderr}")
-    return result.stdout
+def binaries() -> Path:
+    """PG_BIN, else the PostgreSQL binaries bundled in the pgserver wheel."""
+    if "PG_BIN" in os.environ:
+        return Path(os.environ["PG_BIN"])
+    spec = importlib.util.find_spec("pgserver")
+    assert spec and spec.submodule_search_locations, "pgserver (the dev extra) is not installed"
+    return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
 
 
-def query(sql: str) -> list[tuple]:
-    """Run `sql` as our role on database `postgres`, outside a transaction (DROP DATABASE)."""
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=PORT,
-        user=USER,
-        password=PASSWORD,
-        dbname="postgres",
-        autocommit=True,
-    ) as connection:
-        cursor = connection.execute(sql)  # type: ignore[arg-type]
-        return cursor.fetchall() if cursor.description else []
+def as_owner(command: list[str], owner: str | None) -> list[str]:
+    # PostgreSQL refuses to run as root: CI is root, so the cluster belongs to `nobody`.
+    return ["runuser", "-u", owner, "--", *command] if owner else command
+
+
+@dataclass
+class Cluster:
+    url: str  # postgresql://USER:PASSWORD@127.0.0.1:port, no database
+    folder: Path
+    pid: int  # the postmaster's
+
+
+@contextlib.contextmanager
+def throwaway_cluster(*databases: str) -> Iterator[Cluster]:
+    """A PostgreSQL server on 127.0.0.1 at a free port with `databases` owned by USER.
+    Stopped and its folder removed on exit."""
+    bin_dir = binaries()
+    owner = "nobody" if os.geteuid() == 0 else None
+    folder = Path(tempfile.mkdtemp(prefix="lit_tune-pg-"))
+    if owner:
+        shutil.chown(folder, owner)
+    data, port = folder / "data", free_port()
+    (folder / "pw").write_text(PASSWORD)
+    if owner:
+        shutil.chown(folder / "pw", owner)
+    run = {"check": True, "capture_output": True, "text": True, "timeout": 120}
+    try:
+        subprocess.run(
+            as_owner(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    USER,
+                    f"--pwfile={folder}/pw",
+                    "--auth=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--no-instructions",
+                ],
+                owner,
+            ),
+            **run,
+        )
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+        subprocess.run(
+            as_owner(
+                [
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-o",
+                    options,
+                    "-l",
+                    str(folder / "server.log"),
+                    "-w",
+                    "start",
+                ],
+                owner,
+            ),
+            **run,
+        )
+        base = f"postgresql://{USER}:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{port}"
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
+            for name in databases:
+                connection.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        yield Cluster(base, folder, pid)
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run(
+                as_owner(
+                    [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], owner
+                ),
+                **run,
+            )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for its reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def postgres_processes() -> set[int]:
+    found = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True)
+    return {int(pid) for pid in found.stdout.split() if alive(int(pid))}
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file under `folder` with a hash of its content (empty when there is no folder)."""
+    return {
+        str(path): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_the_throwaway_cluster_leaves_the_host_as_it_was():
+    """Nothing under /etc/postgresql changes, and no server of ours is left running."""
+    etc, before = Path("/etc/postgresql"), postgres_processes()
+    config = tree(etc)
+    with throwaway_cluster("probe") as cluster:
+        with psycopg.connect(f"{cluster.url}/probe") as connection:
+            assert connection.execute("SELECT 1").fetchone() == (1,)
+        assert cluster.pid in postgres_processes() - before  # or the checks below prove nothing
+    # pg_ctl's -w returns once the server has removed its pid file, a moment before it exits
+    deadline = time.monotonic() + 5
+    while alive(cluster.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(cluster.pid)
+    assert not [pid for pid in postgres_processes() - before if str(cluster.folder) in cmdline(pid)]
+    assert not cluster.folder.exists()
+    assert tree(etc) == config
 
 
 @pytest.fixture(scope="module")
 def databases() -> Iterator[dict[str, str]]:
-    """URLs of two new databases of this run's own, `optuna` and `mlflow`: new, so that the
-    workers create the tables together as on a fresh server. Dropped afterwards."""
-    printed = make_postgres()  # the default databases; installs and starts it if need be
-    assert f"storage=postgresql://{USER}:***@127.0.0.1:{PORT}/optuna" in printed
-    started = "SELECT pg_postmaster_start_time()"
-    before = query(started)
-    names = {kind: f"test_{uuid.uuid4().hex[:12]}_{kind}" for kind in ("optuna", "mlflow")}
-    make_postgres(PG_DATABASES=" ".join(names.values()))  # again: it adds them, no restart
-    assert query(started) == before
-    base = f"postgresql://{USER}:{quote(PASSWORD, safe='')}@127.0.0.1:{PORT}"
-    yield {kind: f"{base}/{name}" for kind, name in names.items()}
-    for name in names.values():
-        query(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """URLs of two new databases, `optuna` and `mlflow`: new, so that the workers create the
+    tables together as on a fresh server."""
+    with throwaway_cluster("optuna", "mlflow") as cluster:
+        yield {kind: f"{cluster.url}/{kind}" for kind in ("optuna", "mlflow")}
 
 
 def test_three_workers_share_one_study_in_postgresql(databases: dict[str, str], tmp_path: Path):
@@ -116,6 +221,7 @@ def test_three_workers_share_one_study_in_postgresql(databases: dict[str, str], 
         output = log.read_text()
         assert worker.wait() == 0, output[-3000:]
         assert "Traceback" not in output, output[-3000:]
+        assert PASSWORD not in output and PASSWORD.replace(" ", "%20") not in output
 
     study = optuna.load_study(study_name=name, storage=open_storage(databases["optuna"]))
     counted = [t for t in study.trials if counts(t)]
