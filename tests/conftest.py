@@ -38,10 +38,13 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
-def cli_env() -> dict[str, str]:
-    """The environment for a CLI subprocess: no MLflow settings of the caller's."""
+def cli_env(warnings: bool = False) -> dict[str, str]:
+    """The environment for a CLI subprocess: no MLflow settings of the caller's; Python's
+    warnings shown as a user sees them only when `warnings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PYTHONWARNINGS"] = "ignore"
+    env.pop("PYTHONWARNINGS", None)
+    if not warnings:
+        env["PYTHONWARNINGS"] = "ignore"
     env.setdefault("OMP_NUM_THREADS", "1")  # two test workers on two cores
     return env
 
@@ -51,12 +54,14 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), *args]
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 600, warnings: bool = False
+) -> subprocess.CompletedProcess[str]:
     """`python train.py ARGS` in `cwd` (so outputs/ and mlruns/ land there)."""
     return subprocess.run(
         cli(*args),
         cwd=cwd,
-        env=cli_env(),
+        env=cli_env(warnings),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -51,28 +51,49 @@ def test_pruned_trials_are_recorded_alike_in_optuna_and_mlflow(tmp_path: Path):
         "hydra.sweeper.n_trials=8",
         "hydra.sweeper.study_name=prune",
         cwd=tmp_path,
+        warnings=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     study = assert_optuna_and_mlflow_agree(tmp_path, "prune")
     states = [t.state for t in study.trials]
     assert len(states) == 8
-    # One line per finished trial: n/N, state, value (a failure's reason), best so far,
-    # elapsed and remaining time.
+    # One line per finished trial: n/N, state, value (a failure's reason), best so far and
+    # its trial, how many run, were pruned and failed, elapsed and remaining time.
+    output = result.stdout + result.stderr
     lines = re.findall(
-        r"trial (\d+) \((\d+)/8 done\): (\w+) ([\d.]+|\(.+\)); best ([\d.]+); (\d+)s "
-        r"elapsed, about (\d+)s to go",
-        result.stdout + result.stderr,
+        r"trial (\d+) \((\d+)/8 done\): (\w+) ([\d.]+|\(.+\)); best ([\d.]+) \(trial (\d+)\); "
+        r"(\d+) running, (\d+) pruned, (\d+) failed; (\d+)s elapsed, about (\d+)s to go",
+        output,
     )
     assert [int(done) for _, done, *_ in lines] == list(range(1, 9))
-    for number, _, state, value, *_ in lines:
+    for number, done, state, value, _, _, running, pruned, failed, *_ in lines:
         trial = study.trials[int(number)]
         assert state == trial.state.name
         if state == "FAIL":  # diverged: lr up to 1.0 in this space
             assert value == f"({trial.user_attrs['fail_reason']})"
         else:
             assert float(value) == pytest.approx(trial.value, abs=1e-4)
+        so_far = states[: int(done)]  # in-process: trials end in the order they start
+        assert (int(running), int(pruned), int(failed)) == (
+            0,
+            so_far.count(TrialState.PRUNED),
+            so_far.count(TrialState.FAIL),
+        )
     assert float(lines[-1][4]) == pytest.approx(study.best_value, abs=1e-4)
-    assert lines[-1][6] == "0"
+    assert int(lines[-1][5]) == study.best_trial.number
+    assert lines[-1][-1] == "0"
+    summary = (
+        f"Study 'prune': 8 trials done ({states.count(TrialState.COMPLETE)} complete, "
+        f"{states.count(TrialState.PRUNED)} pruned, {states.count(TrialState.FAIL)} failed)"
+    )
+    assert summary in output
+    # What a person reads: no library warnings, no progress bars, no test tables, not even
+    # three lines a trial; each trial's log file keeps Lightning's messages.
+    assert "warn" not in output.lower(), output
+    assert "it/s" not in output and "Test metric" not in output
+    assert len(output.splitlines()) < 8 * 3, output
+    (trial_log,) = tmp_path.glob("multirun/*/*/0/train.log")
+    assert "GPU available" in trial_log.read_text()
     assert TrialState.PRUNED in states and TrialState.COMPLETE in states
     _, children = mlflow_runs(tmp_path, "prune")
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
@@ -105,6 +126,26 @@ def test_pruned_trials_are_recorded_alike_in_optuna_and_mlflow(tmp_path: Path):
         next(tmp_path.glob("multirun/*/*/optimization_results.yaml")).read_text()
     )
     assert results["best_value"] == pytest.approx(study.best_value)
+
+
+def test_verbose_brings_back_what_a_sweep_hides(tmp_path: Path):
+    result = run_cli(
+        "-m",
+        "hparams_search=mlp",
+        *FAST,
+        "trainer.max_epochs=2",
+        "hydra.sweeper.n_trials=1",
+        "callbacks.progress_bar.refresh_rate=1",
+        "verbose=true",
+        cwd=tmp_path,
+        warnings=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "it/s" in output and "Test metric" in output  # bars and the test table
+    assert "GPU available" in output  # Lightning's messages
+    assert re.search(r"#0 : .*optimizer", output)  # the launcher's line of overrides
+    assert "Heartbeat of storage is supposed to be used with Study.optimize" in output
 
 
 def test_diverging_trials_fail_and_the_sweep_goes_on(tmp_path: Path):

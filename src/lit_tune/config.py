@@ -289,7 +289,7 @@ def check_choices(args: list[str], conf_dir: Path) -> None:
             overrides.append(parser.parse_override(arg))
         except HydraException as error:
             raise ConfigError(f"{arg}: {first_line(error)}") from None
-    with initialize_config_dir(str(conf_dir), version_base=None):
+    with initialize_config_dir(str(conf_dir)):  # Hydra 1.4: version_base is deprecated
         loader = GlobalHydra.instance().config_loader()
         groups, keys = [], []
         for override in overrides:

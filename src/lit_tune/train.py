@@ -17,14 +17,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import execution_whitelist, to_absolute_path
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig
 
 from hydra_plugins.lit_tune_sweeper import PruningCallback, Trial, current_trial
-from lit_tune import best, build, evaluate, export, predict, tracking, tuning
+from lit_tune import best, build, evaluate, export, output, predict, tracking, tuning
 from lit_tune.checkpoint_io import AtomicCheckpointIO
 from lit_tune.config import ConfigError, check, check_choices, one_line_errors
 from lit_tune.module import TaskModule, count_parameters
@@ -91,6 +91,12 @@ def _not_logged(metric: str, logged: Any) -> str:
 
 
 def _train(cfg: DictConfig) -> float | list[float]:
+    verbose = bool(cfg.get("verbose", False))
+    quiet = not verbose and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if not verbose:
+        output.quiet_warnings()  # again: a launcher's worker process never ran main()
+    if quiet:  # a sweep's trial: the sweeper's line says how it went
+        output.quiet_console()
     check(cfg)
     export.check_setting(cfg.mlflow_model)
     check_trusted(cfg, trusted_targets())
@@ -111,13 +117,16 @@ def _train(cfg: DictConfig) -> float | list[float]:
     callbacks = [build.build(cfg, f"callbacks.{name}") for name in cfg.callbacks or {}]
     if not logger:  # Lightning refuses an LR monitor with nowhere to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if quiet:  # and Lightning refuses a progress bar callback when bars are off
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     sweep = current_trial()  # None unless a lit_tune sweep launched this run
     callbacks = [ObjectiveLogged(cfg.objective.metric), *callbacks, StopOnRequest(sweep)]
     # Last: a pruned trial's fit raises TrialPruned as it ends, after the plots are drawn.
     pruning = PruningCallback(cfg.objective.metric)
     callbacks += [tracking.ResultPlots(), pruning]
+    bars = {"enable_progress_bar": False} if quiet else {}
     trainer: L.Trainer = build.build(
-        cfg, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()]
+        cfg, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()], **bars
     )
     _check_launcher(cfg, trainer)
     with build.config_errors("tune"):  # before the MLflow run exists: the params are found
@@ -134,7 +143,13 @@ def _train(cfg: DictConfig) -> float | list[float]:
         best = trainer.checkpoint_callback
         ckpt_path = "best" if isinstance(best, ModelCheckpoint) and best.best_model_path else None
         if _can_test(module, datamodule):
-            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            trainer.test(
+                module,
+                datamodule=datamodule,
+                ckpt_path=ckpt_path,
+                weights_only=True,
+                verbose=not quiet,
+            )
         tracking.log_results(trainer.loggers, cfg)
         if export.wanted(cfg.mlflow_model, values[0], sweep):
             export.log_best(trainer, module, datamodule)
@@ -222,6 +237,8 @@ def main(trusted: Sequence[str] = (), config_dir: str | Path | None = None) -> N
     `trusted`: more `_target_` patterns a config may name (`"myproj.*"`); `config_dir`: a folder
     of config groups of your own, searched after lit_tune's. Both can also be given in the
     `[tool.lit_tune] table of your project's pyproject.toml (README, "Tune your own model")."""
+    if "verbose=true" not in (arg.lower() for arg in sys.argv[1:]):
+        output.quiet_warnings()  # before Hydra imports its plugins
     with one_line_errors():
         where, settings = project_settings()
         patterns = [*trusted, *settings.get("trusted", [])]

@@ -37,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 from . import _launchers
 from ._diverged import SeesDiverged
 from ._errors import ConfigError, SweepError, first_line
+from ._quiet import quiet
 from ._refine import refined_params
 from ._report import ParentRun, tracking_uri
 from ._signals import STOP, interrupt_on_sigterm, stop_signal, stopped_by
@@ -46,6 +47,7 @@ from ._study import (
     ask,
     budget_used,
     log_progress,
+    log_summary,
     tell,
     write_results,
 )
@@ -75,6 +77,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         max_resource: Any,
         gpu_override: str | None,
         mlflow: DictConfig,
+        verbose: bool = False,
     ) -> None:
         from hydra.utils import instantiate
 
@@ -110,6 +113,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         self.refine = refine
         self.metric = metric
         self.gpu_override = gpu_override
+        self.verbose = verbose
         self.lock = threading.Lock()
         self.parent: ParentRun | None = None
         self.rdb: RDBStorage | None = None  # the study's storage, once open
@@ -164,7 +168,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             url,
             heartbeat_interval=self.heartbeat_interval,
             grace_period=self.grace_period,
-            failed_trial_callback=self._interrupted,
+            heartbeat_stale_trial_callback=self._interrupted,
         )
         directions = self._get_directions()
         study = optuna.create_study(
@@ -236,6 +240,8 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         except (HydraException, ValueError, AssertionError) as error:
             raise ConfigError(f"hydra.sweeper.params: {first_line(error)}") from error
         self._check_objective()
+        if not self.verbose:
+            quiet(self.launcher)
         parallel = self.launcher.__class__.__name__ != "BasicLauncher"  # in-process: one at a time
         slots = self.n_jobs if parallel else 1
         if self.n_jobs > 1 and not parallel:
@@ -266,7 +272,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         self._pin("sweeper", study_name=name, storage=url)
         if parent is not None:  # through Hydra's own hydra.job.env_set
             self._pin("job.env_set", **parent.job_env(study.study_name))
-        status = "FAILED"
+        status, started = "FAILED", time.monotonic()
         try:
             with interrupt_on_sigterm():
                 self._run(study, slots, distributions, fixed, fixed_overrides)
@@ -279,6 +285,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 name,
             )
         finally:
+            log_summary(study, time.monotonic() - started)
             write_results(study, str(self.cfg.hydra.sweep.dir))
             if parent is not None:
                 parent.close(study, status)

@@ -118,33 +118,74 @@ def tell(study: optuna.Study, trial: optuna.Trial, ret: JobReturn) -> TrialState
     return TrialState.COMPLETE
 
 
+def _tally(study: optuna.Study) -> dict[str, int]:
+    """Trials that count, by outcome, and those running anywhere."""
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if counts(t)]
+    return {
+        "done": len(finished),
+        "complete": sum(t.state == TrialState.COMPLETE for t in finished),
+        "pruned": sum(t.state == TrialState.PRUNED for t in finished),
+        "failed": sum(t.state == TrialState.FAIL for t in finished),
+        "running": sum(t.state == TrialState.RUNNING for t in trials),
+    }
+
+
+def _best(study: optuna.Study) -> str:
+    try:
+        if len(study.directions) > 1:
+            return f"{len(study.best_trials)} on the Pareto front"
+        return f"{study.best_value:.4g} (trial {study.best_trial.number})"
+    except ValueError:
+        return "-"
+
+
 def log_progress(study: optuna.Study, frozen: FrozenTrial, n_trials: int, started: float) -> None:
-    """Log one line: the trial's outcome, the budget used, the best so far, time to go."""
-    done, _, _ = budget_used(study)
+    """Log one line: the trial's outcome, the budget used, the best so far, how many trials
+    run, were pruned and failed, and the time to go."""
+    tally = _tally(study)
     state = frozen.state
     if state == TrialState.FAIL:
         outcome = f"FAIL ({frozen.user_attrs.get(FAIL_REASON, '?')})"
     else:
         outcome = f"{state.name} {', '.join(f'{v:.4g}' for v in frozen.values or [])}"
-    try:
-        best = (
-            f"{study.best_value:.4g}"
-            if len(study.directions) == 1
-            else f"{len(study.best_trials)} on the Pareto front"
-        )
-    except ValueError:
-        best = "-"
     elapsed = time.monotonic() - started
-    remaining = elapsed / max(done, 1) * max(n_trials - done, 0)
+    remaining = elapsed / max(tally["done"], 1) * max(n_trials - tally["done"], 0)
     log.info(
-        "trial %d (%d/%d done): %s; best %s; %.0fs elapsed, about %.0fs to go",
+        "trial %d (%d/%d done): %s; best %s; %d running, %d pruned, %d failed; "
+        "%.0fs elapsed, about %.0fs to go",
         frozen.number,
-        done,
+        tally["done"],
         n_trials,
         outcome,
-        best,
+        _best(study),
+        tally["running"],
+        tally["pruned"],
+        tally["failed"],
         elapsed,
         remaining,
+    )
+
+
+def log_summary(study: optuna.Study, elapsed: float) -> None:
+    """Log the sweep's last line: the trials by outcome, the time, the best and its params."""
+    tally = _tally(study)
+    params = ""
+    if len(study.directions) == 1 and tally["complete"]:
+        params = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in study.best_trial.params.items()
+        )
+    log.info(
+        "Study '%s': %d trials done (%d complete, %d pruned, %d failed) in %.0fs; best %s%s",
+        study.study_name,
+        tally["done"],
+        tally["complete"],
+        tally["pruned"],
+        tally["failed"],
+        elapsed,
+        _best(study),
+        f": {params}" if params else "",
     )
 
 

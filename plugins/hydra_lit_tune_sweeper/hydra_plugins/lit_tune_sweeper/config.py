@@ -144,6 +144,9 @@ class LitTuneSweeperConf(OptunaSweeperConf):
     # on GPU {gpu} (lit_tune: trainer.devices=[{gpu}]), one GPU per trial slot. None: nothing.
     gpu_override: str | None = None
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    # false: the sweep's output is one line per finished trial (and the launcher's, Optuna's
+    # and the heartbeat's chatter goes); true: everything the libraries say.
+    verbose: bool = False
 
 
 store = ConfigStore.instance()
