@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -268,3 +269,26 @@ def test_a_resumed_run_keeps_its_early_stopping_count(stopped_run: Path, tmp_pat
     for key in ["val/acc", "val/acc_best", "train/loss"]:  # it stops where the whole run did
         assert after[key] == whole[key][first:], key
     assert after["test/acc"] == whole["test/acc"]
+
+
+def evaluated(checkpoint: Path, cwd: Path) -> float:
+    """test/acc of `checkpoint`, by `python train.py eval`."""
+    result = run_cli("eval", str(checkpoint), "logger=none", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (acc,) = re.findall(r"test/acc = ([\d.]+)", result.stdout + result.stderr)
+    return float(acc)
+
+
+@pytest.mark.slow
+def test_the_run_is_tested_on_its_best_checkpoint_not_its_last(stopped_run: Path, tmp_path: Path):
+    folder = checkpoints(stopped_run)
+    improved = last_improvement([v for _, v in metric_histories(stopped_run)["val/acc_best"]])
+    epochs = {
+        name: torch.load(folder / f"{name}.ckpt", weights_only=True)["epoch"]
+        for name in ("best", "last")
+    }
+    assert epochs == {"best": improved, "last": improved + PATIENCE}
+    scores = {name: evaluated(folder / f"{name}.ckpt", tmp_path) for name in epochs}
+    assert scores["best"] != scores["last"]  # else this test could not tell which was tested
+    tested = metric_histories(stopped_run)["test/acc"]
+    assert [v for _, v in tested] == [pytest.approx(scores["best"], abs=1e-6)]
