@@ -9,7 +9,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import bare_trainer
+import torchvision
+from conftest import bare_trainer, free_port
 from torch import Tensor
 
 from lit_tune import fast_path
@@ -138,12 +139,18 @@ def test_fashion_mnist_reads_the_same_idx_layout(fashion_dir: Path):
 
 
 @pytest.mark.parametrize("download", [False, True])
-def test_missing_files_say_which_files_to_put_where(tmp_path: Path, download: bool):
+def test_missing_files_say_which_files_to_put_where(
+    tmp_path: Path, download: bool, monkeypatch: pytest.MonkeyPatch
+):
+    # The download goes to a port nobody listens on: it fails alike on- and offline.
+    closed = [f"http://127.0.0.1:{free_port()}/"]
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", closed)
     dm = MNIST(str(tmp_path), batch_size=8, val_fraction=0.1, seed=0, download=download)
     with pytest.raises(ConfigError) as error:
         dm.prepare_data()
     message = str(error.value)
     assert "\n" not in message
+    assert ("and the download failed;" if download else "and download is off;") in message
     assert message.startswith("data.data_dir:")
     assert str(tmp_path / "MNIST" / "raw") in message
     assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
