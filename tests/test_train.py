@@ -98,7 +98,7 @@ def test_the_same_seed_gives_the_same_metrics(data: str, tmp_path: Path, request
     args = ["trainer.max_epochs=3", "model.dropout=0.2", "seed=7"]
     if data == "mnist":
         mnist = request.getfixturevalue("mnist_dir")
-        args += ["data=mnist", f"data.data_dir={mnist}", "trainer.limit_train_batches=0.05"]
+        args += ["data=mnist", f"data.data_dir={mnist}", "trainer.limit_train_batches=2"]
     histories = []
     for attempt in ("first", "second"):
         (tmp_path / attempt).mkdir()
