@@ -23,7 +23,8 @@ from hydra_plugins.lit_tune_sweeper._study import counts
 from hydra_plugins.lit_tune_sweeper.storage import open_storage
 from lit_tune.tracking import RUN_STATUS
 
-pytestmark = pytest.mark.slow
+# The first test's setup may install PostgreSQL (make postgres: up to 900 s).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 # `make test PG_PORT=... PG_PASSWORD=...` reaches us through the environment (the Makefile
 # exports them); the defaults are the Makefile's.
 PORT = os.environ.get("PG_PORT", "5432")

@@ -242,6 +242,7 @@ def test_a_signal_stops_a_sweep_cleanly_and_it_resumes(
     assert all(str(t.params) in finished for t in stopped)  # their parameters ran after all
 
 
+@pytest.mark.timeout(1200)  # four sweeps of 20 trials on two cores; each may take 900 s
 def test_four_workers_share_one_study_and_one_mlflow_store(tmp_path: Path):
     def worker(seed: int) -> subprocess.Popen[str]:
         return subprocess.Popen(
