@@ -35,6 +35,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+SYNTHETIC_MNIST = "LIT_TUNE_SYNTHETIC_MNIST"  # set: mnist_dir is synthetic even where MNIST is
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
@@ -90,18 +91,37 @@ def compose_cfg() -> Iterator[object]:
         yield _compose
 
 
-@pytest.fixture
-def mnist_dir() -> Path:
-    if not (SHARED_DATA / "MNIST" / "raw").is_dir():
-        pytest.skip(f"MNIST IDX files not found under {SHARED_DATA}/MNIST/raw")
-    return SHARED_DATA
-
-
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array in the IDX format of MNIST's files (magic 0x0801 / 0x0803)."""
     header = struct.pack(">I", 0x0800 + array.ndim)
     header += b"".join(struct.pack(">I", size) for size in array.shape)
     path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def idx_count(path: Path) -> int:
+    """How many items an IDX file holds (its first dimension)."""
+    return int(struct.unpack(">I", path.read_bytes()[4:8])[0])
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data_dir with MNIST/raw: the real IDX files under ../shared/data where they are, else
+    (or with LIT_TUNE_SYNTHETIC_MNIST=1) a small stand-in in the same layout, 600 train and 200
+    test images, that a net can learn: each class a bright bar of its own over noise."""
+    if (SHARED_DATA / "MNIST" / "raw").is_dir() and not os.environ.get(SYNTHETIC_MNIST):
+        return SHARED_DATA
+    root = tmp_path_factory.mktemp("mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in [("train", 600), ("t10k", 200)]:
+        labels = rng.permutation(np.arange(n) % 10)
+        images = rng.integers(0, 96, (n, 28, 28))
+        for image, label in zip(images, labels, strict=True):
+            image[4 + 2 * label : 6 + 2 * label, 4:24] = 255
+        write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import bare_trainer
+import torchvision
+from conftest import SHARED_DATA, bare_trainer, free_port, idx_count
 from torch import Tensor
 
 from lit_tune import fast_path
@@ -115,14 +116,18 @@ def test_steps_per_execution_serves_the_same_batches_in_pieces(loader: str, monk
     assert len(dm.val_dataloader()) == four  # validation: unchanged
 
 
-def test_mnist_loads_from_the_shared_idx_files(mnist_dir: Path):
+def test_mnist_loads_from_its_idx_files(mnist_dir: Path):
     dm = MNIST(str(mnist_dir), batch_size=128, val_fraction=0.1, seed=0, download=False)
     dm.prepare_data()
     dm.setup()
+    raw = mnist_dir / "MNIST" / "raw"
+    train, test = (idx_count(raw / f"{s}-labels-idx1-ubyte") for s in ("train", "t10k"))
+    if mnist_dir == SHARED_DATA:
+        assert (train, test) == (60000, 10000)  # the originals
     assert {k: len(v[1]) for k, v in dm.splits.items()} == {
-        "train": 54000,
-        "val": 6000,
-        "test": 10000,
+        "train": train - train // 10,
+        "val": train // 10,
+        "test": test,
     }
     x, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (128, 1, 28, 28) and x.dtype == torch.float32
@@ -138,12 +143,18 @@ def test_fashion_mnist_reads_the_same_idx_layout(fashion_dir: Path):
 
 
 @pytest.mark.parametrize("download", [False, True])
-def test_missing_files_say_which_files_to_put_where(tmp_path: Path, download: bool):
+def test_missing_files_say_which_files_to_put_where(
+    tmp_path: Path, download: bool, monkeypatch: pytest.MonkeyPatch
+):
+    # The download goes to a port nobody listens on: it fails alike on- and offline.
+    closed = [f"http://127.0.0.1:{free_port()}/"]
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", closed)
     dm = MNIST(str(tmp_path), batch_size=8, val_fraction=0.1, seed=0, download=download)
     with pytest.raises(ConfigError) as error:
         dm.prepare_data()
     message = str(error.value)
     assert "\n" not in message
+    assert ("and the download failed;" if download else "and download is off;") in message
     assert message.startswith("data.data_dir:")
     assert str(tmp_path / "MNIST" / "raw") in message
     assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message

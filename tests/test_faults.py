@@ -17,7 +17,8 @@ from test_sweeper import assert_optuna_and_mlflow_agree, load, mlflow_runs
 
 from hydra_plugins.lit_tune_sweeper._study import counts
 
-pytestmark = pytest.mark.slow
+# Two sweeps per test, each allowed 300 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 N_TRIALS = 3
 SWEEP = [
     "-m",

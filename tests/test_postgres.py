@@ -30,7 +30,8 @@ from hydra_plugins.lit_tune_sweeper._study import counts
 from hydra_plugins.lit_tune_sweeper.storage import open_storage
 from lit_tune.tracking import RUN_STATUS
 
-pytestmark = pytest.mark.slow
+# Three sweeps of 12 trials on 2 cores: up to 900 s (the workers' own deadline).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 USER = "lit_tune"
 PASSWORD = "s3cret pg"  # a space and a word that must never reach a log
 

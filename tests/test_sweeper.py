@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import optuna
 import pytest
 import yaml
 from conftest import (
+    ROOT,
     assert_optuna_and_mlflow_agree,
     cli,
     cli_env,
@@ -23,12 +25,14 @@ from conftest import (
 )
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hydra_plugins.lit_tune_sweeper._study import counts
-from hydra_plugins.lit_tune_sweeper.storage import sqlite_lock
+from hydra_plugins.lit_tune_sweeper.storage import open_storage, sqlite_lock
 
 pytestmark = pytest.mark.slow
+# tests/foreign/batched.py: an app under a sweeper patched to wait for a whole batch of trials.
+BATCHED = ROOT / "tests" / "foreign" / "batched.py"
 # In-process trials, short training: these tests are about the sweep, not the models.
 FAST = [
     "hydra/launcher=basic",
@@ -279,6 +283,7 @@ def test_a_signal_stops_a_sweep_cleanly_and_it_resumes(
     assert all(str(t.params) in finished for t in stopped)  # their parameters ran after all
 
 
+@pytest.mark.timeout(1200)  # four sweeps of 20 trials on two cores; each may take 900 s
 def test_four_workers_share_one_study_and_one_mlflow_store(tmp_path: Path):
     def worker(seed: int) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -315,30 +320,42 @@ def test_four_workers_share_one_study_and_one_mlflow_store(tmp_path: Path):
     )
 
 
-def test_parallel_trials_do_not_wait_for_a_batch(tmp_path: Path):
-    result = run_cli(
-        "-m",
-        "hparams_search=grid",
-        "hydra/launcher=joblib",
+def parallel_sweep(tmp_path: Path, program: list[str]) -> tuple[FrozenTrial, FrozenTrial]:
+    """Sweep three trials two at a time, the first long (100 epochs) and the others one epoch
+    each, with `program` as `python train.py`; (the first trial, the third). No MLflow
+    models: exporting one would take the short trials about as long as the epochs between."""
+    (tmp_path / "mlruns").mkdir()
+    storage = open_storage(f"sqlite:///{tmp_path}/mlruns/optuna.db")
+    queued = optuna.create_study(study_name="parallel", storage=storage, direction="maximize")
+    for epochs in (100, 1, 1):
+        queued.enqueue_trial({"trainer.max_epochs": epochs})
+    args = ["-m", "hparams_search=grid", "hydra/sweeper/sampler=random", "hydra/launcher=joblib"]
+    args += [
         "hydra.sweeper.n_jobs=2",
-        "trainer.max_epochs=choice(1,2,3,30)",
-        "optimizer.lr=0.01",
-        "callbacks.early_stopping.patience=100",
-        "callbacks.progress_bar.refresh_rate=0",
-        "optimizer=adam",
+        "hydra.sweeper.n_trials=3",
         "hydra.sweeper.study_name=parallel",
-        cwd=tmp_path,
+    ]
+    args += ["trainer.max_epochs=choice(1,100)", "optimizer=adam", "optimizer.lr=0.01"]
+    args += ["callbacks.early_stopping.patience=100", "callbacks.progress_bar.refresh_rate=0"]
+    args += ["mlflow_model=none"]
+    result = subprocess.run(
+        [*program, *args], cwd=tmp_path, env=cli_env(), capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    trials = assert_optuna_and_mlflow_agree(tmp_path, "parallel").trials
-    assert len(trials) == 4
-    # In batches of two, a trial starts only once every earlier trial has ended.
-    started_during_another = [
-        t
-        for t in trials
-        if any(o.datetime_start < t.datetime_start < o.datetime_complete for o in trials)
-    ]
-    assert started_during_another
+    first, second, third = assert_optuna_and_mlflow_agree(tmp_path, "parallel").trials
+    assert [t.params["trainer.max_epochs"] for t in (first, second, third)] == [100, 1, 1]
+    assert third.datetime_start > second.datetime_complete  # asked once the second ended
+    return first, third
+
+
+def test_parallel_trials_do_not_wait_for_a_batch(tmp_path: Path):
+    first, third = parallel_sweep(tmp_path, cli())
+    assert third.datetime_start < first.datetime_complete  # in batches: after it
+
+
+def test_the_no_batch_check_fails_against_a_sweeper_that_runs_in_batches(tmp_path: Path):
+    first, third = parallel_sweep(tmp_path, [sys.executable, str(BATCHED), str(ROOT / "train.py")])
+    assert third.datetime_start > first.datetime_complete
 
 
 def test_a_stock_sweeper_params_block_runs_unchanged(tmp_path: Path):

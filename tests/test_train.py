@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -72,7 +73,9 @@ def test_the_mlflow_run_holds_params_metrics_and_artifacts(digits_run):
 
     local = Path(client.download_artifacts(run.info.run_id, "best/best.ckpt", str(cwd)))
     checkpoint = torch.load(local, weights_only=True)
-    assert checkpoint["epoch"] < EPOCHS
+    history = sorted(client.get_metric_history(run.info.run_id, "val/acc"), key=lambda m: m.step)
+    accuracies = [m.value for m in history]
+    assert checkpoint["epoch"] == accuracies.index(max(accuracies))  # the first at the best
     config = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(cwd)))
     assert "_target_: lit_tune.models.MLP" in config.read_text()
 
@@ -97,7 +100,7 @@ def test_the_same_seed_gives_the_same_metrics(data: str, tmp_path: Path, request
     args = ["trainer.max_epochs=3", "model.dropout=0.2", "seed=7"]
     if data == "mnist":
         mnist = request.getfixturevalue("mnist_dir")
-        args += ["data=mnist", f"data.data_dir={mnist}", "trainer.limit_train_batches=0.05"]
+        args += ["data=mnist", f"data.data_dir={mnist}", "trainer.limit_train_batches=2"]
     histories = []
     for attempt in ("first", "second"):
         (tmp_path / attempt).mkdir()
@@ -193,3 +196,101 @@ def test_a_stopped_run_resumes_from_its_last_checkpoint_to_the_same_metrics(tmp_
         assert len(history) == 8 - (stopped_at + 1)  # only the epochs after the stop
         assert [(m.step, m.value) for m in history] == whole_metrics[key][stopped_at + 1 :]
     assert finished[0].data.metrics["test/acc"] == whole_metrics["test/acc"][-1][1]
+
+
+# -- early stopping and the best checkpoint --------------------------------------------------
+
+PATIENCE = 3
+MAX_EPOCHS = 60  # far more than digits needs to stop improving
+
+
+def stopping(max_epochs: int = MAX_EPOCHS) -> list[str]:
+    return [
+        f"trainer.max_epochs={max_epochs}",
+        f"callbacks.early_stopping.patience={PATIENCE}",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+
+
+def checkpoints(cwd: Path) -> Path:
+    (folder,) = cwd.glob("outputs/*/*/checkpoints")
+    return folder
+
+
+def early_stopping_state(checkpoint: Path) -> dict:
+    states = torch.load(checkpoint, weights_only=True)["callbacks"]
+    (state,) = [v for k, v in states.items() if k.startswith("EarlyStopping")]
+    return state
+
+
+def last_improvement(best_so_far: list[float]) -> int:
+    """The epoch (from 0) where val/acc_best last rose: EarlyStopping's (min_delta 0) last
+    improvement of what it watches."""
+    return max(i for i, v in enumerate(best_so_far) if i == 0 or v > best_so_far[i - 1])
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run on digits that EarlyStopping ends."""
+    cwd = tmp_path_factory.mktemp("stopped")
+    result = run_cli(*stopping(), cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd
+
+
+@pytest.mark.slow
+def test_early_stopping_stops_patience_epochs_after_the_last_improvement(stopped_run: Path):
+    best_so_far = [v for _, v in metric_histories(stopped_run)["val/acc_best"]]
+    improved = last_improvement(best_so_far)
+    assert len(best_so_far) == improved + PATIENCE + 1 < MAX_EPOCHS
+    last = checkpoints(stopped_run) / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == improved + PATIENCE
+    state = early_stopping_state(last)
+    assert (state["wait_count"], state["stopped_epoch"]) == (PATIENCE, improved + PATIENCE)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_its_early_stopping_count(stopped_run: Path, tmp_path: Path):
+    whole = metric_histories(stopped_run)
+    improved = last_improvement([v for _, v in whole["val/acc_best"]])
+    first = improved + 2  # epochs in the first part: it ends one epoch into its patience
+    (tmp_path / "first").mkdir()
+    result = run_cli(*stopping(max_epochs=first), cwd=tmp_path / "first")
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = checkpoints(tmp_path / "first") / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == first - 1
+    state = early_stopping_state(last)
+    assert state["wait_count"] == 1
+    assert float(state["best_score"]) == pytest.approx(whole["val/acc_best"][improved][1])
+
+    (tmp_path / "resumed").mkdir()
+    resumed = run_cli(*stopping(), f"ckpt_path={last}", cwd=tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert objectives(resumed.stdout) == pytest.approx([max(v for _, v in whole["val/acc"])])
+    after = metric_histories(tmp_path / "resumed")
+    for key in ["val/acc", "val/acc_best", "train/loss"]:  # it stops where the whole run did
+        assert after[key] == whole[key][first:], key
+    assert after["test/acc"] == whole["test/acc"]
+
+
+def evaluated(checkpoint: Path, cwd: Path) -> float:
+    """test/acc of `checkpoint`, by `python train.py eval`."""
+    result = run_cli("eval", str(checkpoint), "logger=none", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (acc,) = re.findall(r"test/acc = ([\d.]+)", result.stdout + result.stderr)
+    return float(acc)
+
+
+@pytest.mark.slow
+def test_the_run_is_tested_on_its_best_checkpoint_not_its_last(stopped_run: Path, tmp_path: Path):
+    folder = checkpoints(stopped_run)
+    improved = last_improvement([v for _, v in metric_histories(stopped_run)["val/acc_best"]])
+    epochs = {
+        name: torch.load(folder / f"{name}.ckpt", weights_only=True)["epoch"]
+        for name in ("best", "last")
+    }
+    assert epochs == {"best": improved, "last": improved + PATIENCE}
+    scores = {name: evaluated(folder / f"{name}.ckpt", tmp_path) for name in epochs}
+    assert scores["best"] != scores["last"]  # else this test could not tell which was tested
+    tested = metric_histories(stopped_run)["test/acc"]
+    assert [v for _, v in tested] == [pytest.approx(scores["best"], abs=1e-6)]

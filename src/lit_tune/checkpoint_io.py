@@ -10,6 +10,8 @@ Those are pickled objects, which `torch.load(weights_only=True)` refuses (and Hy
 partials cannot be pickled at all). So the hyperparameters are written as plain data: a
 factory as its config, a value weights_only cannot load left out (a net's weights are in the
 state dict anyway); `lit_tune_dropped` names what was left out.
+
+`ModelCheckpoint` writes last.ckpt after every epoch, as Lightning did before 2.6.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch import callbacks
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
@@ -68,3 +72,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, target)  # atomic on one filesystem
+
+
+class ModelCheckpoint(callbacks.ModelCheckpoint):
+    """Lightning's ModelCheckpoint, with `save_last` writing last.ckpt after every epoch, and
+    a resumed run keeping the best so far.
+
+    Lightning 2.6 writes last.ckpt only in a step where it writes a top-k checkpoint: with
+    save_top_k=1, a copy of the best, so a run resumed from it would train again every epoch
+    since its best, and EarlyStopping would count its patience from there."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A resumed run writes to a folder of its own (Hydra's run dir), and Lightning forgets
+        # the best so far of a checkpoint from another folder: the first epoch after the
+        # resume would be the new best, whatever it scores. The best stays in the stopped
+        # run's folder (never deleted from here: Lightning deletes only inside dirpath).
+        if Path(state_dict.get("best_model_path") or "").is_file():
+            state_dict = {**state_dict, "dirpath": self.dirpath}
+        super().load_state_dict(state_dict)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last(trainer)
+
+    def _save_last(self, trainer: L.Trainer) -> None:
+        # Skipped also where Lightning has just saved it, with a top-k checkpoint.
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -1,6 +1,7 @@
-"""app.py under a sweeper patched to run its trials in batches, as a sweeper with a batch
-barrier does: each new trial waits until every running one has ended. The no-barrier test
-in tests/test_foreign_app.py must fail with it."""
+"""`python batched.py [APP.py] ARGS`: a Hydra app (app.py beside this file unless given)
+under a sweeper patched to run its trials in batches, as a sweeper with a batch barrier does:
+each new trial waits until every running one has ended. The no-barrier tests in
+tests/test_foreign_app.py and tests/test_sweeper.py must fail with it."""
 
 import concurrent.futures
 import runpy
@@ -15,5 +16,6 @@ def wait_for_all(futures, timeout=None, return_when=None):
 
 
 _core.wait = wait_for_all
-sys.argv[0] = str(Path(__file__).with_name("app.py"))
+given = len(sys.argv) > 1 and sys.argv[1].endswith(".py")
+sys.argv[0] = sys.argv.pop(1) if given else str(Path(__file__).with_name("app.py"))
 runpy.run_path(sys.argv[0], run_name="__main__")
