@@ -39,20 +39,31 @@ def quiet_warnings() -> None:
         )
 
 
-def _console(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or record.name.startswith("hydra_plugins.lit_tune")
+class _Console(logging.Filter):
+    """Warnings and errors, and INFO from the loggers named in `keep` (and their children)."""
+
+    def __init__(self, keep: tuple[str, ...]) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.startswith(self.keep)
 
 
-def quiet_console() -> None:
+def quiet_console(own_lines: bool) -> None:
     """From now on, this process's console shows warnings, errors and the sweeper's lines
-    only; log files keep everything, Python's warnings too."""
+    only, and with `own_lines` lit_tune's (under a sweeper that prints no line per trial of
+    its own, the `objective ... =` line is that line); log files keep everything, Python's
+    warnings too."""
     logging.captureWarnings(True)
     for name in LIGHTNING:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             logger.removeHandler(handler)  # its records reach the root's handlers instead
         logger.propagate = True
+    keep = ("hydra_plugins.lit_tune_sweeper", *(["lit_tune."] if own_lines else []))
     for handler in logging.getLogger().handlers:
-        is_console = type(handler) is logging.StreamHandler
-        if is_console and _console not in handler.filters:
-            handler.addFilter(_console)
+        if type(handler) is logging.StreamHandler:
+            for old in [f for f in handler.filters if isinstance(f, _Console)]:
+                handler.removeFilter(old)
+            handler.addFilter(_Console(keep))

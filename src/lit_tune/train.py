@@ -95,8 +95,9 @@ def _train(cfg: DictConfig) -> float | list[float]:
     quiet = not verbose and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if not verbose:
         output.quiet_warnings()  # again: a launcher's worker process never ran main()
-    if quiet:  # a sweep's trial: the sweeper's line says how it went
-        output.quiet_console()
+    sweep = current_trial()  # None unless a lit_tune sweep launched this run
+    if quiet:  # a sweep's trial: a line per trial says how it went
+        output.quiet_console(own_lines=sweep is None)
     check(cfg)
     export.check_setting(cfg.mlflow_model)
     check_trusted(cfg, trusted_targets())
@@ -119,7 +120,6 @@ def _train(cfg: DictConfig) -> float | list[float]:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if quiet:  # and Lightning refuses a progress bar callback when bars are off
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    sweep = current_trial()  # None unless a lit_tune sweep launched this run
     callbacks = [ObjectiveLogged(cfg.objective.metric), *callbacks, StopOnRequest(sweep)]
     # Last: a pruned trial's fit raises TrialPruned as it ends, after the plots are drawn.
     pruning = PruningCallback(cfg.objective.metric)
