@@ -107,9 +107,9 @@ def _train(cfg: DictConfig) -> float | list[float]:
             trial_optimizer = module.optimizer_factory(module.parameters())
         with build.config_errors("scheduler"):
             module.scheduler_factory(trial_optimizer, total_steps=100)
-    logger = build.build(cfg, "logger") if cfg.logger else False
+    loggers = build.loggers(cfg)
     callbacks = [build.build(cfg, f"callbacks.{name}") for name in cfg.callbacks or {}]
-    if not logger:  # Lightning refuses an LR monitor with nowhere to log to
+    if not loggers:  # Lightning refuses an LR monitor with nowhere to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     sweep = current_trial()  # None unless a lit_tune sweep launched this run
     callbacks = [ObjectiveLogged(cfg.objective.metric), *callbacks, StopOnRequest(sweep)]
@@ -117,7 +117,7 @@ def _train(cfg: DictConfig) -> float | list[float]:
     pruning = PruningCallback(cfg.objective.metric)
     callbacks += [tracking.ResultPlots(), pruning]
     trainer: L.Trainer = build.build(
-        cfg, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()]
+        cfg, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     _check_launcher(cfg, trainer)
     with build.config_errors("tune"):  # before the MLflow run exists: the params are found
