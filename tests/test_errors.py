@@ -27,6 +27,16 @@ CASES = {
         "scheduler=stepp: no such option; one of cosine",
         2,
     ),
+    "unknown option in a list of options": (
+        ["logger=[mlflow,tensorbord]"],
+        "logger=tensorbord: no such option; one of csv, mlflow, none, tensorboard",
+        2,
+    ),
+    "a logger key without its logger's name": (
+        ["logger.tracking_uri=sqlite:///x.db"],
+        "logger.tracking_uri: no such key; logger has mlflow",
+        2,
+    ),
     "misspelt group": (["optimiser=adam"], "optimiser: no such key; did you mean optimizer?", 2),
     "misspelt key": (
         ["optimizer.lrr=0.1"],
