@@ -14,7 +14,7 @@ BACKEND ?= sqlite:///$(MLRUNS)/server.db
 # sudo for apt (make test's browser, make postgres) when we are not root.
 SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo))
 
-.PHONY: install dev browser train sweep sweep-mnist where best eval predict serve bench test lint ui dashboard server postgres postgres-stop clean distclean
+.PHONY: install dev browser train sweep sweep-mnist where best eval predict serve bench test lint ui dashboard tensorboard server postgres postgres-stop clean distclean
 
 install: $(STAMP)
 
@@ -107,6 +107,13 @@ ui: install  ## the store under MLRUNS on 127.0.0.1:PORT
 dashboard: install  ## optuna-dashboard on the studies in $(MLRUNS)/optuna.db, on 127.0.0.1 only
 	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(DASHBOARD_PORT) \
 		sqlite:///$(MLRUNS)/optuna.db
+
+# TensorBoard over the runs that had logger=[mlflow,tensorboard] (or logger=tensorboard): each
+# writes to its output dir, under tensorboard/. LOGDIR: another folder (one sweep's, say).
+LOGDIR ?= multirun,outputs
+TB_PORT ?= 6006
+tensorboard: install  ## on HOST:TB_PORT (127.0.0.1:6006)
+	$(VENV)/bin/tensorboard --logdir_spec $(LOGDIR) --host $(HOST) --port $(TB_PORT)
 
 # A tracking server for trials on several machines: they log over HTTP with
 # MLFLOW_TRACKING_URI=http://HOST:$(SERVER_PORT); artifacts go through it to $(MLRUNS)/server-artifacts.

@@ -27,6 +27,16 @@ CASES = {
         "scheduler=stepp: no such option; one of cosine",
         2,
     ),
+    "unknown option in a list of options": (
+        ["logger=[mlflow,tensorbord]"],
+        "logger=tensorbord: no such option; one of csv, mlflow, none, tensorboard",
+        2,
+    ),
+    "a logger key without its logger's name": (
+        ["logger.tracking_uri=sqlite:///x.db"],
+        "logger.tracking_uri: no such key; logger has mlflow",
+        2,
+    ),
     "misspelt group": (["optimiser=adam"], "optimiser: no such key; did you mean optimizer?", 2),
     "misspelt key": (
         ["optimizer.lrr=0.1"],
@@ -152,8 +162,8 @@ CASES = {
     ),
     "output folder under a file": (["hydra.run.dir=afile/run"], "hydra.run.dir=afile/run", 2),
     "unreachable tracking server": (
-        ["logger.tracking_uri=http://127.0.0.1:9"],
-        "logger.tracking_uri=http://127.0.0.1:9: no MLflow server answers there",
+        ["logger.mlflow.tracking_uri=http://127.0.0.1:9"],
+        "logger.mlflow.tracking_uri=http://127.0.0.1:9: no MLflow server answers there",
         2,
     ),
     # objectives and tasks
@@ -247,7 +257,10 @@ def test_sqlite_on_a_network_filesystem_is_refused_for_parallel_trials(tmp_path:
         f"tmpfs {tmp_path}/shared\\040dir/local tmpfs rw 0 0\n"
     )
     on_nfs = f"sqlite:///{tmp_path}/shared dir/mlruns/optuna.db"
-    stores = {"hydra.sweeper.storage": on_nfs, "logger.tracking_uri": "http://127.0.0.1:5000"}
+    stores = {
+        "hydra.sweeper.storage": on_nfs,
+        "logger.mlflow.tracking_uri": "http://127.0.0.1:5000",
+    }
     assert network_filesystem(on_nfs, mounts) == "nfs4"
     assert network_filesystem(f"sqlite:///{tmp_path}/shared dir/local/x.db", mounts) is None
     assert network_filesystem(f"sqlite:///{tmp_path}/elsewhere.db", mounts) is None

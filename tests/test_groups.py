@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONF_DIR, group_options, objectives, run_cli
+from mlflow import MlflowClient
 
 # logger and callbacks: fast_dev_run switches loggers off, so they get a real epoch below.
 GROUPS = ["data", "model", "optimizer", "scheduler", "trainer"]
@@ -38,21 +39,25 @@ def test_each_option_runs_under_fast_dev_run(group: str, tmp_path: Path):
 def test_every_logger_and_callbacks_pair_records_a_real_epoch(tmp_path: Path):
     result = run_cli(
         "-m",
-        "logger=mlflow,csv,none",
+        # Two at once, MLflow not the first: its run still gets its outcome.
+        "logger=mlflow,csv,none,[tensorboard,mlflow]",
         "callbacks=default,sweep,none",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=3",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(objectives(result.stdout)) == 9
+    assert len(objectives(result.stdout)) == 12
     assert len(list(tmp_path.glob("multirun/*/*/*/csv/version_0/metrics.csv"))) == 3
+    assert len(list(tmp_path.glob("multirun/*/*/*/tensorboard/events.out.tfevents.*"))) >= 3
 
     def count(name: str) -> int:
         return len(list(tmp_path.glob(f"multirun/*/*/*/checkpoints/{name}")))
 
-    assert (count("best.ckpt"), count("last.ckpt")) == (6, 3)  # `sweep` keeps no last.ckpt
-    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+    assert (count("best.ckpt"), count("last.ckpt")) == (8, 4)  # `sweep` keeps no last.ckpt
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [run.data.tags.get("outcome") for run in runs] == ["COMPLETE"] * 6
 
 
 def test_the_dataloader_path_runs_with_worker_processes(tmp_path: Path):

@@ -193,7 +193,7 @@ def test_three_workers_share_one_study_in_postgresql(databases: dict[str, str], 
         "hydra.sweeper.n_trials=12",
         f"hydra.sweeper.study_name={name}",
         f"hydra.sweeper.storage={databases['optuna']}",
-        f"logger.tracking_uri={databases['mlflow']}",
+        f"logger.mlflow.tracking_uri={databases['mlflow']}",
         # A space where no trial diverges: any FAIL would be the store's fault.
         "optimizer=adam",
         "optimizer.lr=tag(log, interval(0.0001, 0.01))",

@@ -1,4 +1,4 @@
-"""Real training through the CLI, read back from MLflow."""
+"""Real training through the CLI, read back from MLflow (and TensorBoard beside it)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import cli, cli_env, objectives, run_cli
 from mlflow import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 EPOCHS = 10
 SECRET_URL = "postgresql://me:s3cret@db.example/optuna"
@@ -93,6 +94,31 @@ def metric_histories(cwd: Path) -> dict[str, list[tuple[int, float]]]:
         for key in run.data.metrics
         if key != "epoch_time"
     }
+
+
+def test_mlflow_and_tensorboard_together_record_the_same_values_each_epoch(tmp_path: Path):
+    result = run_cli("logger=[mlflow,tensorboard]", "trainer.max_epochs=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    in_mlflow = metric_histories(tmp_path)
+    # The run's own events, in its output dir (in a sweep, each trial's): a file for fit and
+    # one for test, as Lightning writes them; TensorBoard reads the folder.
+    (folder,) = tmp_path.glob("outputs/*/*/tensorboard")
+    assert list(folder.glob("events.out.tfevents.*"))
+    board = EventAccumulator(str(folder))
+    board.Reload()
+    in_board = {
+        key: [(e.step, e.value) for e in board.Scalars(key)]
+        for key in board.Tags()["scalars"]
+        if key != "epoch_time"
+    }
+    assert {"train/loss", "val/loss", "val/acc", "val/acc_best", "test/acc"} <= in_mlflow.keys()
+    assert in_board.keys() == in_mlflow.keys()
+    assert len(in_mlflow["val/acc"]) == len(in_mlflow["train/loss"]) == 3
+    for key, history in in_mlflow.items():
+        steps, values = zip(*sorted(history), strict=True)
+        board_steps, board_values = zip(*sorted(in_board[key]), strict=True)
+        assert board_steps == steps, key
+        assert board_values == pytest.approx(values, rel=1e-6), key  # TensorBoard's float32
 
 
 @pytest.mark.parametrize("data", ["digits", "mnist"])

@@ -23,6 +23,7 @@ import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import execution_whitelist, instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lit_tune.config import ConfigError, first_line
@@ -82,6 +83,12 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     """instantiate(cfg.<key>, **kwargs) under the trusted whitelist; errors name the key."""
     with execution_whitelist(trusted_targets()), config_errors(key):
         return instantiate(OmegaConf.select(cfg, key), **kwargs)
+
+
+def loggers(cfg: DictConfig) -> list[Logger]:
+    """The Lightning loggers of `logger`, one for each named entry (`logger=[mlflow,tensorboard]`
+    gives `logger.mlflow` and `logger.tensorboard`), in that order; none for `logger=none`."""
+    return [build(cfg, f"logger.{name}") for name in cfg.logger or {}]
 
 
 def datamodule(cfg: DictConfig) -> L.LightningDataModule:

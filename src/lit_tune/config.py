@@ -134,8 +134,9 @@ def sweeper_gpu_override(*, _root_: DictConfig) -> str | None:
 
 
 def logs_to_mlflow(*, _root_: DictConfig) -> bool:
-    """hydra.sweeper.mlflow.parent_run: whether the runs log to MLflow (logger=mlflow)."""
-    target = str(OmegaConf.select(_root_, "logger._target_", default=""))
+    """hydra.sweeper.mlflow.parent_run: whether the runs log to MLflow (logger=mlflow, alone
+    or with others: logger=[mlflow,tensorboard])."""
+    target = str(OmegaConf.select(_root_, "logger.mlflow._target_", default=""))
     return target.endswith(("mlflow_logger", "MLFlowLogger"))
 
 
@@ -391,12 +392,13 @@ def _check_options(override: Any, options: list[str]) -> None:
     if isinstance(override.value(), Glob):
         return
     if override.is_choice_sweep():
-        chosen = list(override.sweep_string_iterator())
+        chosen = list(override.sweep_iterator())
     elif override.is_sweep_override():
         return
     else:
-        chosen = [override.get_value_element_as_str()]
-    for option in chosen:
+        chosen = [override.value()]
+    # `group=[a,b]` selects several options at once (logger=[mlflow,tensorboard]).
+    for option in (str(o) for c in chosen for o in (c if isinstance(c, list) else [c])):
         if option not in options:
             raise ConfigError(
                 f"{override.key_or_group}={option}: no such option; one of {', '.join(options)}"

@@ -22,7 +22,7 @@ import lightning as L
 import torch
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.lit_tune_sweeper.storage import mask
 from lit_tune import build, tracking
@@ -131,11 +131,10 @@ def evaluate(cfg: DictConfig, source: Source) -> dict[str, Any]:
     build.fill_sizes(cfg, datamodule)
     module, _ = build.module(cfg)
     load_weights(module, source)  # before any MLflow run exists
-    logger = False
-    if cfg.logger:
-        run_name = f"eval-{datetime.now():%Y-%m-%d_%H-%M-%S}"
-        logger = build.build(cfg, "logger", run_name=run_name)
-    trainer: L.Trainer = build.build(cfg, "trainer", callbacks=[], logger=logger)
+    if OmegaConf.select(cfg, "logger.mlflow") is not None:  # the other loggers name no runs
+        cfg.logger.mlflow.run_name = f"eval-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+    loggers = build.loggers(cfg)
+    trainer: L.Trainer = build.build(cfg, "trainer", callbacks=[], logger=loggers or False)
     try:
         for each in trainer.loggers:
             evaluates = source.run_id or source.given

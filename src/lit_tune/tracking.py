@@ -65,7 +65,7 @@ def _make_store(tracking_uri: str) -> None:
             requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=10)
         except requests.RequestException as error:
             raise ConfigError(
-                f"logger.tracking_uri={mask(tracking_uri)}: no MLflow server answers there "
+                f"logger.mlflow.tracking_uri={mask(tracking_uri)}: no MLflow server answers there "
                 f"({type(error).__name__}); start one (mlflow server) or fix the URL"
             ) from None
 

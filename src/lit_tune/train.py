@@ -114,9 +114,9 @@ def _train(cfg: DictConfig) -> float | list[float]:
             trial_optimizer = module.optimizer_factory(module.parameters())
         with build.config_errors("scheduler"):
             module.scheduler_factory(trial_optimizer, total_steps=100)
-    logger = build.build(cfg, "logger") if cfg.logger else False
+    loggers = build.loggers(cfg)
     callbacks = [build.build(cfg, f"callbacks.{name}") for name in cfg.callbacks or {}]
-    if not logger:  # Lightning refuses an LR monitor with nowhere to log to
+    if not loggers:  # Lightning refuses an LR monitor with nowhere to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if quiet:  # and Lightning refuses a progress bar callback when bars are off
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -126,7 +126,12 @@ def _train(cfg: DictConfig) -> float | list[float]:
     callbacks += [tracking.ResultPlots(), pruning]
     bars = {"enable_progress_bar": False} if quiet else {}
     trainer: L.Trainer = build.build(
-        cfg, "trainer", callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()], **bars
+        cfg,
+        "trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        **bars,
     )
     _check_launcher(cfg, trainer)
     with build.config_errors("tune"):  # before the MLflow run exists: the params are found
