@@ -14,7 +14,7 @@ BACKEND ?= sqlite:///$(MLRUNS)/server.db
 # sudo for apt (make test's browser, make postgres) when we are not root.
 SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo))
 
-.PHONY: install dev browser train sweep sweep-mnist where best eval predict serve bench test lint ui dashboard tensorboard server postgres postgres-stop clean distclean
+.PHONY: install dev browser train sweep sweep-mnist where best eval predict serve bench test test-fast lint ui dashboard tensorboard server postgres postgres-stop clean distclean
 
 install: $(STAMP)
 
@@ -93,6 +93,10 @@ bench: install  ## benchmarks (not tests); DATA_DIR holds MNIST/raw
 
 test: dev browser
 	$(PY) -m pytest -n 2 $(ARGS)
+
+# The in-process unit tests: no training run, no subprocess (no `slow`, no `cli` marker).
+test-fast: dev
+	$(PY) -m pytest -n 2 -m "not slow and not cli" $(ARGS)
 
 lint: dev
 	$(VENV)/bin/ruff check src $(SWEEPER) tests bench train.py examples

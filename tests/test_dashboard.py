@@ -12,9 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+import pytest
 from conftest import ROOT, free_port
 
 
+@pytest.mark.cli
 def test_make_dashboard_lists_the_studies_of_the_store(tmp_path: Path):
     study = optuna.create_study(study_name="demo", storage=f"sqlite:///{tmp_path}/optuna.db")
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)

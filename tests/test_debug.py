@@ -32,6 +32,7 @@ def steps(client: MlflowClient, run: Run, key: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run.info.run_id, key)]
 
 
+@pytest.mark.cli
 def test_fast_dev_run_runs_one_batch_and_keeps_nothing(tmp_path: Path):
     result = run_cli("debug=fast_dev_run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -43,6 +44,7 @@ def test_fast_dev_run_runs_one_batch_and_keeps_nothing(tmp_path: Path):
     assert not (tmp_path / "mlruns").exists()  # no MLflow store, so no run
 
 
+@pytest.mark.cli
 def test_limit_batches_runs_three_short_epochs_in_the_debug_experiment(tmp_path: Path):
     # debug= comes last: it shortens an experiment's 15 epochs and takes its MLflow experiment.
     result = run_cli("experiment=digits_cnn", "debug=limit_batches", cwd=tmp_path)
@@ -69,6 +71,7 @@ def test_overfit_batches_drives_the_loss_of_two_fixed_batches_to_zero(tmp_path: 
     assert not list(tmp_path.glob("outputs/**/*.ckpt"))
 
 
+@pytest.mark.cli
 def test_profiler_writes_its_report_to_the_output_folder(tmp_path: Path):
     result = run_cli("debug=profiler", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -81,6 +84,7 @@ def test_profiler_writes_its_report_to_the_output_folder(tmp_path: Path):
     assert (output / "test-profile.txt").is_file()
 
 
+@pytest.mark.cli
 def test_cfg_job_prints_the_composed_experiment_and_runs_nothing(tmp_path: Path):
     result = run_cli("--cfg", "job", "--resolve", "experiment=mnist_mlp", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -135,6 +139,7 @@ def test_mnist_mlp_tunes_lr_width_and_batch_size(tmp_path: Path):
         assert trial.params["data.batch_size"] in (32, 64, 128, 256)
 
 
+@pytest.mark.cli
 def test_help_lists_every_config_group_with_its_options(tmp_path: Path):
     result = run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -143,6 +148,7 @@ def test_help_lists_every_config_group_with_its_options(tmp_path: Path):
     assert "tune:\n  scale_batch_size: false" in result.stdout  # and the config itself
 
 
+@pytest.mark.cli
 def test_shell_completion_offers_the_debug_options(tmp_path: Path):
     line = "python train.py debug=o"
     env = {**cli_env(), "COMP_LINE": line, "COMP_POINT": str(len(line))}
@@ -152,6 +158,7 @@ def test_shell_completion_offers_the_debug_options(tmp_path: Path):
     assert result.stdout.split() == ["debug=overfit_batches"]
 
 
+@pytest.mark.cli
 def test_the_lr_finder_sets_the_rate_the_optimizer_trains_with(tmp_path: Path):
     args = ["optimizer=sgd", "optimizer.lr=1e-5", "tune.lr_find=true", "trainer.max_epochs=1"]
     result = run_cli(*args, cwd=tmp_path)
@@ -168,6 +175,7 @@ def test_the_lr_finder_sets_the_rate_the_optimizer_trains_with(tmp_path: Path):
     assert "plots/lr_find.png" in plots
 
 
+@pytest.mark.cli
 def test_the_batch_size_finder_sets_the_batch_size_the_run_trains_with(tmp_path: Path):
     result = run_cli(
         "tune.scale_batch_size=true",
@@ -205,6 +213,7 @@ def test_the_batch_size_finder_sets_the_batch_size_the_run_trains_with(tmp_path:
     ],
     ids=["lr in a sweep", "batch size in a sweep", "not a boolean", "bad mode", "resume"],
 )
+@pytest.mark.cli
 def test_a_finder_that_makes_no_sense_fails_in_one_line(args, expected: str, tmp_path: Path):
     (tmp_path / "last.ckpt").write_bytes(b"")
     result = run_cli(*args, cwd=tmp_path)

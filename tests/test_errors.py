@@ -219,6 +219,7 @@ def corrupt_mnist(root: Path) -> None:
         (raw / name).write_bytes(header + bytes(24 - len(header)))
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_fails_in_one_line(case: str, tmp_path: Path):
     args, expected, code = CASES[case]

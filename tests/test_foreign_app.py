@@ -24,6 +24,8 @@ from hydra_plugins.lit_tune_sweeper.storage import open_storage
 APP = ROOT / "tests" / "foreign"
 LIGHTNING_APP = ROOT / "tests" / "foreign_lightning"
 
+pytestmark = pytest.mark.cli  # every test runs the foreign app in subprocesses
+
 
 @pytest.fixture
 def app(tmp_path: Path) -> Path:

@@ -25,6 +25,7 @@ def test_every_option_of_every_group_composes(group: str, compose_cfg):
         assert compose_cfg(f"{group}={option}").hydra.runtime.choices[group] == option
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("group", GROUPS)
 def test_each_option_runs_under_fast_dev_run(group: str, tmp_path: Path):
     options = [o for o in group_options(group) if o not in ELSEWHERE.get(group, set())]
@@ -36,6 +37,7 @@ def test_each_option_runs_under_fast_dev_run(group: str, tmp_path: Path):
     assert len(objectives(result.stdout)) == len(options)
 
 
+@pytest.mark.cli
 def test_every_logger_and_callbacks_pair_records_a_real_epoch(tmp_path: Path):
     result = run_cli(
         "-m",
@@ -60,6 +62,7 @@ def test_every_logger_and_callbacks_pair_records_a_real_epoch(tmp_path: Path):
     assert [run.data.tags.get("outcome") for run in runs] == ["COMPLETE"] * 6
 
 
+@pytest.mark.cli
 def test_the_dataloader_path_runs_with_worker_processes(tmp_path: Path):
     result = run_cli(
         "data.loader=dataloader",
@@ -73,6 +76,7 @@ def test_the_dataloader_path_runs_with_worker_processes(tmp_path: Path):
     assert 0.0 < objectives(result.stdout)[0] <= 1.0
 
 
+@pytest.mark.cli
 def test_mnist_and_fashion_mnist_run(tmp_path: Path, mnist_dir: Path, fashion_dir: Path):
     for data, root in [("mnist", mnist_dir), ("fashion_mnist", fashion_dir)]:
         result = run_cli(
@@ -82,6 +86,7 @@ def test_mnist_and_fashion_mnist_run(tmp_path: Path, mnist_dir: Path, fashion_di
         assert len(objectives(result.stdout)) == 1
 
 
+@pytest.mark.cli
 def test_ddp_runs_two_cpu_processes(tmp_path: Path):
     result = run_cli(
         "trainer=ddp",
@@ -112,6 +117,7 @@ def test_default_trainer_picks_bf16_only_where_a_gpu_has_it(compose_cfg):
     assert compose_cfg().trainer.precision == expected
 
 
+@pytest.mark.cli
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_trainer_runs(tmp_path: Path):
@@ -119,6 +125,7 @@ def test_gpu_trainer_runs(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.cli
 def test_the_cnn_trains_on_shifted_batches(tmp_path: Path):
     result = run_cli(
         "model=cnn",

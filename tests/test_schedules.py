@@ -95,6 +95,7 @@ def test_cosine_warms_up_linearly_then_follows_the_cosine():
         assert seen[t] == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.cli
 def test_the_trainer_applies_the_schedule_epoch_by_epoch(tmp_path: Path):
     """Through the CLI: the `lr` logged per epoch is lr0 * 0.1 ** (epoch / s)."""
     result = run_cli(

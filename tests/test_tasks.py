@@ -240,6 +240,7 @@ def test_cifar10_loads_as_colour_images_normalised_per_channel(tmp_path: Path, m
     assert data.class_names[0] == "airplane"
 
 
+@pytest.mark.cli
 def test_cifar10_missing_says_which_files_to_put_where(tmp_path: Path):
     result = run_cli("data=cifar10", "data.data_dir=empty", "data.download=false", cwd=tmp_path)
     assert result.returncode == 2

@@ -10,10 +10,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from conftest import free_port, make_command, stop
 from lightning.pytorch.loggers import TensorBoardLogger
 
 
+@pytest.mark.cli
 def test_make_tensorboard_serves_the_scalars_of_each_run_under_logdir(tmp_path: Path):
     for run, acc in [("0", 0.5), ("1", 0.75)]:  # as conf/logger/tensorboard.yaml writes them
         logger = TensorBoardLogger(tmp_path / "multirun" / run, name="tensorboard", version="")

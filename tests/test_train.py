@@ -96,6 +96,7 @@ def metric_histories(cwd: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+@pytest.mark.cli
 def test_mlflow_and_tensorboard_together_record_the_same_values_each_epoch(tmp_path: Path):
     result = run_cli("logger=[mlflow,tensorboard]", "trainer.max_epochs=3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -121,6 +122,7 @@ def test_mlflow_and_tensorboard_together_record_the_same_values_each_epoch(tmp_p
         assert board_values == pytest.approx(values, rel=1e-6), key  # TensorBoard's float32
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("data", ["digits", "mnist"])
 def test_the_same_seed_gives_the_same_metrics(data: str, tmp_path: Path, request):
     args = ["trainer.max_epochs=3", "model.dropout=0.2", "seed=7"]
@@ -139,6 +141,7 @@ def test_the_same_seed_gives_the_same_metrics(data: str, tmp_path: Path, request
     assert first == second  # bit for bit
 
 
+@pytest.mark.cli
 def test_compile_runs_and_keeps_checkpoint_keys(tmp_path: Path):
     result = run_cli("compile=true", "trainer.max_epochs=1", "logger=none", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -156,6 +159,7 @@ def test_compile_runs_and_keeps_checkpoint_keys(tmp_path: Path):
     ],
     ids=["ctrl-c", "sigterm"],
 )
+@pytest.mark.cli
 def test_a_signal_stops_a_run_and_closes_it_killed(stop, status: int, said: str, tmp_path: Path):
     run = subprocess.Popen(
         cli("trainer.max_epochs=1000", "callbacks.early_stopping.patience=1000"),
@@ -181,6 +185,7 @@ def test_a_signal_stops_a_run_and_closes_it_killed(stop, status: int, said: str,
     assert len(client.get_metric_history(found.info.run_id, "val/acc")) < 1000
 
 
+@pytest.mark.cli
 def test_a_stopped_run_resumes_from_its_last_checkpoint_to_the_same_metrics(tmp_path: Path):
     args = [
         "trainer.max_epochs=8",
