@@ -445,3 +445,70 @@ def test_coarse_to_fine_searches_inside_the_best_region(tmp_path: Path):
     assert lr.high / lr.low < lr_wide.high / lr_wide.low
     if isinstance(narrow.get("optimizer"), CategoricalDistribution):
         assert set(narrow["optimizer"].choices) <= set(wide["optimizer"].choices)
+
+
+def test_sweeps_started_at_once_on_one_study_make_one_parent_run(tmp_path: Path, monkeypatch):
+    """Workers sharing a study each open the parent run. The second's run is made after the
+    first has looked for others, and its clock is behind (another machine): without the
+    study storage's lock both keep their own parent (CI saw it on PostgreSQL)."""
+    import threading
+
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.lit_tune_sweeper._report import ParentRun
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=open_storage(storage))
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "runtime": {"cwd": str(tmp_path)},
+                "job": {"name": "app"},
+                "sweeper": {
+                    "n_trials": 2,
+                    "n_jobs": 1,
+                    "sampler": {"seed": 0},
+                    "pruner": {},
+                    "mlflow": {
+                        "parent_run": True,
+                        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        "experiment": "e",
+                        "artifact_location": None,
+                        "register": None,
+                        "alias": "champion",
+                    },
+                },
+            }
+        }
+    )
+    original, made, guard = MlflowClient.create_run, [], threading.Lock()
+
+    def create_run(self, experiment_id, start_time=None, **kwargs):
+        with guard:
+            made.append(time.time())
+            second = len(made) == 2
+        if second:  # after the first sweep has searched for parents; 1000 s behind
+            time.sleep(1)
+            start_time = int((made[0] - 1000) * 1000)
+        return original(self, experiment_id, start_time=start_time, **kwargs)
+
+    uri = config.hydra.sweeper.mlflow.tracking_uri
+    MlflowClient(uri).create_experiment("e")  # made once, as the sweeps' first step does
+    monkeypatch.setattr(MlflowClient, "create_run", create_run)
+    start, opened = threading.Barrier(2), []
+
+    def sweep():
+        start.wait()
+        opened.append(ParentRun.open(config, study, storage, {}).run_id)
+
+    threads = [threading.Thread(target=sweep) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    client = MlflowClient(uri)
+    parents = client.search_runs(
+        [client.get_experiment_by_name("e").experiment_id],
+        filter_string="tags.`lit_tune.role` = 'sweep'",
+    )
+    assert len(parents) == 1 and opened == [parents[0].info.run_id] * 2

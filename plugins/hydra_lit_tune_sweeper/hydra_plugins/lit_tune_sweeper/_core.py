@@ -268,7 +268,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             type(self.pruner).__name__,
         )
         _launchers.start(self.launcher)
-        self.parent = parent = ParentRun.open(self.cfg, study, distributions)
+        self.parent = parent = ParentRun.open(self.cfg, study, url, distributions)
         self._pin("sweeper", study_name=name, storage=url)
         if parent is not None:  # through Hydra's own hydra.job.env_set
             self._pin("job.env_set", **parent.job_env(study.study_name))

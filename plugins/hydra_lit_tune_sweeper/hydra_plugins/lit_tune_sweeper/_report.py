@@ -78,10 +78,14 @@ class ParentRun:
 
     @classmethod
     def open(
-        cls, config: DictConfig, study: optuna.Study, space: dict[str, BaseDistribution]
+        cls,
+        config: DictConfig,
+        study: optuna.Study,
+        storage_url: str,
+        space: dict[str, BaseDistribution],
     ) -> ParentRun | None:
-        """Create the parent run, or reopen the one a resumed study already has; None when
-        `hydra.sweeper.mlflow.parent_run` is false."""
+        """Create the parent run, or reopen the one the study (in `storage_url`) already has;
+        None when `hydra.sweeper.mlflow.parent_run` is false."""
         settings = config.hydra.sweeper.mlflow
         if not settings.parent_run:
             return None
@@ -98,12 +102,16 @@ class ParentRun:
             raise ConfigError(
                 f"hydra.sweeper.mlflow.tracking_uri={mask(uri)}: {mask(first_line(error))}"
             ) from None
-        run_id = study.user_attrs.get(PARENT_RUN_ATTR)
-        if run_id is not None:
-            client.update_run(run_id, status="RUNNING")
-            log.info("MLflow parent run %s reopened", run_id)
-            return cls(client, run_id, experiment, settings.register, settings.alias)
-        run_id = cls._create(client, experiment, config, study, space)
+        # Sweeps started at once on one study (workers sharing it) each find no parent: the
+        # study storage's lock lets one make it and the others find it. Not nested in the
+        # MLflow store's lock above, which may be the same database (the same lock).
+        with store_lock(storage_url):
+            run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+            if run_id is not None:
+                client.update_run(run_id, status="RUNNING")
+                log.info("MLflow parent run %s reopened", run_id)
+            else:
+                run_id = cls._create(client, experiment, config, study, space)
         return cls(client, run_id, experiment, settings.register, settings.alias)
 
     def job_env(self, study_name: str) -> dict[str, str]:
@@ -165,7 +173,8 @@ class ParentRun:
         name = study.study_name
         tags = {"lit_tune.role": "sweep", "optuna.study_name": name}
         mine = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-        # Sweeps started at once on one study each made a parent: all keep the first one.
+        # Where the study's storage has no lock (MySQL), sweeps started at once on one study
+        # may each make a parent: all keep the first one that they see.
         # (Study names are checked at sweep start: no quotes.)
         found = client.search_runs(
             [experiment_id],
