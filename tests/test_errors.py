@@ -6,11 +6,13 @@ trials failed (each trial a clean FAIL, its reason in the message).
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import cli, cli_env, run_cli
 from mlflow import MlflowClient
 
 from hydra_plugins.lit_tune_sweeper._errors import ConfigError
@@ -248,6 +250,26 @@ def test_bad_input_fails_in_one_line(case: str, tmp_path: Path):
             assert studies == 0
         else:
             assert states and set(states) <= {"COMPLETE", "PRUNED", "FAIL"}
+
+
+@pytest.mark.parametrize(
+    "case", ["unknown option", "misspelt key", "non-positive lr", "missing mandatory value"]
+)
+def test_bad_input_is_refused_before_torch_is_imported(case: str, tmp_path: Path):
+    """A bad command line or config value fails before the run imports torch and Lightning
+    (about 6 s of CPU; lit_tune/cli.py): here they cannot be imported at all."""
+    for name in ("torch", "lightning"):
+        (tmp_path / "blocked" / name).mkdir(parents=True)
+        (tmp_path / "blocked" / name / "__init__.py").write_text(
+            f"raise ImportError('{name} was imported')\n"
+        )
+    env = cli_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "blocked"), env.get("PYTHONPATH", "")])
+    args, expected, code = CASES[case]
+    result = subprocess.run(cli(*args), cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == code, result.stderr[-3000:]
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert expected in error
 
 
 def test_sqlite_on_a_network_filesystem_is_refused_for_parallel_trials(tmp_path: Path, caplog):

@@ -9,7 +9,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name == "main":
-        from lit_tune.train import main
+        from lit_tune.cli import main
 
         return main
     raise AttributeError(f"module 'lit_tune' has no attribute {name!r}")

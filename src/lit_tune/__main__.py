@@ -1,5 +1,5 @@
 """`python -m lit_tune [overrides]`: the same as `lit-tune`."""
 
-from lit_tune.train import main
+from lit_tune.cli import main
 
 main()

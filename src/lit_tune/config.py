@@ -7,10 +7,10 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -19,8 +19,6 @@ from hydra.errors import HydraException
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
-
-from lit_tune.models import ACTIVATIONS
 
 
 class ConfigError(ValueError):
@@ -43,8 +41,18 @@ def one_line_errors() -> Iterator[None]:
         sys.exit(2)
 
 
+# Set while a config is checked before the run imports torch (lit_tune/cli.py): the two
+# resolvers that would import it give a stand-in (resolvers cache nothing: use_cache is off);
+# the run checks its config again with the real values.
+_LIGHT: ContextVar[bool] = ContextVar("lit_tune_light_check", default=False)
+
+
 def auto_precision() -> str:
     """bf16-mixed on a GPU that has bf16, else full fp32."""
+    if _LIGHT.get():
+        return "32-true"
+    import torch
+
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
@@ -79,6 +87,8 @@ def objective_mode(metric: str, *, _root_: DictConfig) -> str:
             f"objective.metric={metric}: the module logs no {name!r}; it logs val/<name> and "
             f"val/<name>_best for {known} (add others under module.metrics)"
         )
+    if _LIGHT.get():
+        return "max"
     return "max" if _higher_is_better(metrics[name]) else "min"
 
 
@@ -170,6 +180,17 @@ def _list_of_positive_ints(v: Any) -> bool:
     return v is None or (isinstance(v, list) and len(v) > 0 and all(POSITIVE_INT[0](w) for w in v))
 
 
+# The MLP's activations: their names in torch.nn (lit_tune/models.py), here without torch.
+ACTIVATIONS = {
+    "relu": "ReLU",
+    "leaky_relu": "LeakyReLU",
+    "elu": "ELU",
+    "gelu": "GELU",
+    "selu": "SELU",
+    "tanh": "Tanh",
+    "sigmoid": "Sigmoid",
+}
+
 # Keys that a config may or may not have (model.width only exists for the MLP); a key
 # that is absent is not checked.
 RULES: dict[str, Rule] = {
@@ -188,7 +209,7 @@ RULES: dict[str, Rule] = {
     "model.width": POSITIVE_INT,
     "model.widths": (_list_of_positive_ints, "null or a non-empty list of integers > 0"),
     "model.taper": POSITIVE,
-    "model.activation": _one_of(*ACTIVATIONS),
+    "model.activation": _one_of(*ACTIVATIONS),  # lit_tune/models.py
     "model.dropout": PROBABILITY,
     "model.channels": POSITIVE_INT,
     "model.depth": POSITIVE_INT,
@@ -225,8 +246,18 @@ FINDERS = {"tune.lr_find": "optimizer.lr", "tune.scale_batch_size": "data.batch_
 FILLED = ("module", "model")
 
 
-def check(cfg: DictConfig) -> None:
-    """Raise ConfigError for a missing mandatory value or a value outside what its key allows."""
+def check(cfg: DictConfig, *, light: bool = False) -> None:
+    """Raise ConfigError for a missing mandatory value or a value outside what its key allows.
+    `light`: without importing torch, which leaves out what needs it (trainer.precision, and
+    whether a higher or a lower objective is better); the run checks those."""
+    token = _LIGHT.set(light)
+    try:
+        _check(cfg)
+    finally:
+        _LIGHT.reset(token)
+
+
+def _check(cfg: DictConfig) -> None:
     try:
         for key in cfg:
             node = cfg[key]
@@ -256,7 +287,7 @@ def check(cfg: DictConfig) -> None:
                 f"{finder}=true: not with ckpt_path; a resumed run goes on with its {key}"
             )
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
-    if accelerator not in _accelerators():
+    if not _LIGHT.get() and accelerator not in _accelerators():
         raise ConfigError(
             f"trainer.accelerator={accelerator!r}: one of {', '.join(_accelerators())} "
             "on this machine (auto takes the GPU when there is one)"
@@ -264,6 +295,8 @@ def check(cfg: DictConfig) -> None:
 
 
 def _accelerators() -> list[str]:
+    import torch
+
     found = ["auto", "cpu"]
     if torch.cuda.is_available():
         found += ["gpu", "cuda"]

@@ -14,14 +14,10 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from lit_tune import config
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
-    "selu": nn.SELU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
+    name: getattr(nn, cls) for name, cls in config.ACTIVATIONS.items()
 }
 
 

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import sys
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import optuna
 import torch
@@ -24,21 +19,19 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig
 
 from hydra_plugins.lit_tune_sweeper import PruningCallback, Trial, current_trial
-from lit_tune import best, build, evaluate, export, output, predict, tracking, tuning
+from lit_tune import build, export, output, tracking, tuning
 from lit_tune.checkpoint_io import AtomicCheckpointIO
-from lit_tune.config import ConfigError, check, check_choices, one_line_errors
+from lit_tune.config import ConfigError, check
 from lit_tune.module import TaskModule, count_parameters
 from lit_tune.signals import (
     STOP,
     Interrupted,
-    exit_status,
     request_stop,
     stop_on_signal,
     stopped_by,
 )
-from lit_tune.trust import ENV, check_trusted, project_settings, trusted_targets
+from lit_tune.trust import check_trusted, trusted_targets
 
-CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger(__name__)
 
 
@@ -228,71 +221,3 @@ def _objective(trainer: L.Trainer, objective: DictConfig, num_parameters: int) -
             raise FloatingPointError(f"objective {metric} is {value}")
         values.append(value)
     return values
-
-
-COMMANDS = ("eval", "predict", "best")
-_evaluating: list[evaluate.Source] = []  # what `eval` tests, for the Hydra task below
-
-
-def main(trusted: Sequence[str] = (), config_dir: str | Path | None = None) -> None:
-    """`python train.py [overrides]` trains once, `python train.py -m [sweep overrides]` sweeps;
-    `eval MODEL [overrides]`, `predict MODEL INPUT` and `best STUDY` use what they made
-    (README, "Use the winner").
-
-    `trusted`: more `_target_` patterns a config may name (`"myproj.*"`); `config_dir`: a folder
-    of config groups of your own, searched after lit_tune's. Both can also be given in the
-    `[tool.lit_tune] table of your project's pyproject.toml (README, "Tune your own model")."""
-    if "verbose=true" not in (arg.lower() for arg in sys.argv[1:]):
-        output.quiet_warnings()  # before Hydra imports its plugins
-    with one_line_errors():
-        where, settings = project_settings()
-        patterns = [*trusted, *settings.get("trusted", [])]
-        os.environ[ENV] = ",".join([*os.environ.get(ENV, "").split(","), *patterns]).strip(",")
-        folder = config_dir or settings.get("config_dir")
-        base = where.parent if where is not None and config_dir is None else Path.cwd()
-        conf_dirs = [*([(base / folder).resolve()] if folder is not None else []), Path(CONF_DIR)]
-        command = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in COMMANDS else None
-        if command == "best":
-            return best.main(sys.argv[2:], _program(), conf_dirs)
-        if command == "predict":
-            return predict.main(sys.argv[2:], _program())
-        if command == "eval":
-            if len(sys.argv) < 3 or sys.argv[2].startswith("-"):
-                raise ConfigError(
-                    "eval MODEL [overrides]: give MODEL, a checkpoint file or an "
-                    "MLflow URI (models:/NAME@champion)"
-                )
-            source = evaluate.resolve(sys.argv[2])
-            sys.argv[1:] = evaluate.merged(source.overrides, sys.argv[3:])
-            _evaluating.append(source)
-        if folder is not None and not {"--config-dir", "-cd"} & set(sys.argv):
-            sys.argv[1:1] = ["--config-dir", str(conf_dirs[0])]
-        check_choices(sys.argv[1:], Path(CONF_DIR))
-    try:
-        _hydra_main()
-    except KeyboardInterrupt:
-        sys.exit(exit_status())  # the run, or the sweep, has said what it closed and how to resume
-
-
-def _program() -> str:
-    """How this command was started: `python train.py` or `lit-tune`."""
-    started = sys.argv[0]
-    return f"python {started}" if started.endswith(".py") else Path(started).name
-
-
-@hydra.main(config_path=CONF_DIR, config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | list[float] | None:
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        return train(cfg)  # the sweeper records the error as the trial's failure
-    with one_line_errors():
-        if _evaluating:
-            with execution_whitelist(trusted_targets()), stop_on_signal():
-                results = evaluate.evaluate(cfg, _evaluating[0])
-            shown = ", ".join(f"{k} = {v:.6g}" for k, v in sorted(results.items()))
-            log.info("eval %s: %s", _evaluating[0].given, shown)
-            return None
-        try:
-            return train(cfg)
-        except Interrupted:
-            log.error("Interrupted by %s: the run stopped, its MLflow run is KILLED", stopped_by())
-            raise KeyboardInterrupt from None  # Hydra reports an Exception with a traceback
