@@ -39,6 +39,13 @@ SYNTHETIC_MNIST = "LIT_TUNE_SYNTHETIC_MNIST"  # set: mnist_dir is synthetic even
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that train (`slow`) first, the in-process ones last: xdist hands tests out in
+    this order, so the two workers end together on short tests instead of one waiting for
+    the other's last long one."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def cli_env(warnings: bool = False) -> dict[str, str]:
     """The environment for a CLI subprocess: no MLflow settings of the caller's; Python's
     warnings shown as a user sees them only when `warnings`."""
