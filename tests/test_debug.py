@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 import yaml
-from conftest import cli, cli_env, group_options, objectives, run_cli, write_idx
+from conftest import cli, cli_env, group_options, objectives, run, run_cli, write_idx
 from lightning.pytorch.tuner.lr_finder import _LRFinder
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -153,7 +152,7 @@ def test_shell_completion_offers_the_debug_options(tmp_path: Path):
     line = "python train.py debug=o"
     env = {**cli_env(), "COMP_LINE": line, "COMP_POINT": str(len(line))}
     args = cli("--shell-completion", "query=bash")
-    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = run(args, tmp_path, env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["debug=overfit_batches"]
 

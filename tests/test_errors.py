@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import cli, cli_env, run_cli
+from conftest import cli, cli_env, run, run_cli
 from mlflow import MlflowClient
 
 from hydra_plugins.lit_tune_sweeper._errors import ConfigError
@@ -266,7 +265,7 @@ def test_bad_input_is_refused_before_torch_is_imported(case: str, tmp_path: Path
     env = cli_env()
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "blocked"), env.get("PYTHONPATH", "")])
     args, expected, code = CASES[case]
-    result = subprocess.run(cli(*args), cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = run(cli(*args), tmp_path, env)  # fresh: stand-ins for torch (tests/zygote.py)
     assert result.returncode == code, result.stderr[-3000:]
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert expected in error

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, cli, cli_env
+from conftest import ROOT, cli, cli_env, run
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from test_sweeper import assert_optuna_and_mlflow_agree, load, mlflow_runs
@@ -50,14 +50,12 @@ def sweep(cwd: Path, fault: str | None = None, *extra: str) -> subprocess.Comple
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT / "tests" / "faults"), env.get("PYTHONPATH")) if p
         )
-    return subprocess.run(
+    return run(
         cli(*SWEEP, *extra),
-        cwd=cwd,
-        env=env,
-        start_new_session=True,  # its own process group, as a terminal gives a command
-        capture_output=True,
-        text=True,
+        cwd,
+        env,
         timeout=300,
+        start_new_session=True,  # its own process group, as a terminal gives a command
     )
 
 

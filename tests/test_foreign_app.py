@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import ROOT, cli_env, kill_while_trial_runs
+from conftest import run as run_command
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -38,9 +39,7 @@ def sweep(app: Path, *args: str, script: str = "app.py") -> list[str]:
 
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300
-    )
+    done = run_command(command, cwd, cli_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -129,9 +128,7 @@ def test_a_killed_sweep_run_again_ends_with_exactly_its_budget(app: Path):
     assert any(t.state == TrialState.RUNNING for t in study(app).trials)
 
     time.sleep(2.5)  # the killed trial's heartbeat is older than grace_period
-    second = subprocess.run(
-        command, cwd=app, env=cli_env(), capture_output=True, text=True, timeout=300
-    )
+    second = run_command(command, app, cli_env(), timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     trials = study(app).trials
     assert sum(counts(t) for t in trials) == 6

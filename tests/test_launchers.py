@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import assert_optuna_and_mlflow_agree, cli, cli_env, mlflow_runs, run_cli
+from conftest import (
+    assert_optuna_and_mlflow_agree,
+    cli,
+    cli_env,
+    mlflow_runs,
+    popen,
+    run_cli,
+)
 from hydra._internal.callbacks import Callbacks
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -95,7 +102,7 @@ def test_a_launched_sweep_prunes_and_records_every_trial(launcher: list[str], tm
 def test_ctrl_c_stops_the_trials_in_ray_workers(tmp_path: Path):
     # Ray's workers are not in the terminal's process group: no Ctrl-C reaches them, the
     # sweep asks them through the study.
-    sweep = subprocess.Popen(
+    sweep = popen(
         cli(
             "-m",
             "hparams_search=mlp",

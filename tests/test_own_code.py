@@ -20,6 +20,7 @@ from conftest import (
     load,
     mlflow_runs,
     objectives,
+    run,
 )
 from mlflow import MlflowClient
 from optuna.trial import TrialState
@@ -47,14 +48,7 @@ def user_env(project: Path) -> dict[str, str]:
 
 def lit_tune(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """`lit-tune ARGS` in the project's root, as its user types it."""
-    return subprocess.run(
-        [str(LIT_TUNE), *args],
-        cwd=cwd,
-        env=user_env(cwd),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run([str(LIT_TUNE), *args], cwd, user_env(cwd), timeout)
 
 
 def enqueue(project: Path, name: str, key: str, rates: list[float]) -> None:
@@ -247,12 +241,10 @@ def test_a_train_py_of_your_own_trusts_your_package(project: Path):
         'if __name__ == "__main__":\n'
         '    main(trusted=["userproj.*"], config_dir="conf")\n'
     )
-    result = subprocess.run(
+    result = run(
         [sys.executable, "train.py", "model=tiny", "trainer.max_epochs=1", "logger=none"],
-        cwd=project,
-        env=user_env(project),
-        capture_output=True,
-        text=True,
+        project,
+        user_env(project),
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 import psycopg
 import pytest
-from conftest import cli, cli_env, free_port
+from conftest import cli, cli_env, free_port, popen
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -203,10 +203,10 @@ def test_three_workers_share_one_study_in_postgresql(databases: dict[str, str], 
     for seed, log in enumerate(logs):
         with log.open("w") as out:
             workers.append(
-                subprocess.Popen(
+                popen(
                     cli(*args, f"hydra.sweeper.sampler.seed={seed}"),
-                    cwd=tmp_path,
-                    env=cli_env(),
+                    tmp_path,
+                    cli_env(),
                     stdout=out,
                     stderr=subprocess.STDOUT,
                 )

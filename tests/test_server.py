@@ -3,11 +3,11 @@ under one parent run; their artifacts go through the server to its store."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import cli, cli_env, make_server
+from conftest import run as run_command
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ def test_trials_logged_to_a_tracking_server_nest_under_one_parent(tmp_path: Path
     store, work = tmp_path / "server", tmp_path / "work"
     work.mkdir()
     with make_server("server", tmp_path / "server.log", MLRUNS=str(store)) as url:
-        result = subprocess.run(
+        result = run_command(
             cli(
                 "-m",
                 "hparams_search=mlp",
@@ -27,10 +27,8 @@ def test_trials_logged_to_a_tracking_server_nest_under_one_parent(tmp_path: Path
                 "trainer.max_epochs=2",
                 "callbacks.progress_bar.refresh_rate=0",
             ),
-            cwd=work,
-            env={**cli_env(), "MLFLOW_TRACKING_URI": url},
-            capture_output=True,
-            text=True,
+            work,
+            {**cli_env(), "MLFLOW_TRACKING_URI": url},
             timeout=600,
         )
         assert result.returncode == 0, result.stderr[-3000:]

@@ -21,6 +21,8 @@ from conftest import (
     kill_while_trial_runs,
     load,
     mlflow_runs,
+    popen,
+    run,
     run_cli,
 )
 from mlflow import MlflowClient
@@ -199,7 +201,7 @@ def test_a_killed_sweep_resumes_to_exactly_its_budget(tmp_path: Path):
     kill_while_trial_runs(list(args), tmp_path, env, trials, settle=1.0, timeout=120)
     assert any(t.state == TrialState.RUNNING for t in load(tmp_path, "killed").trials)
 
-    second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True)
+    second = run(args, tmp_path, env)
     assert second.returncode == 0, second.stderr[-3000:]
     study = assert_optuna_and_mlflow_agree(tmp_path, "killed")
     assert sum(counts(t) for t in study.trials) == 4
@@ -234,10 +236,10 @@ def test_a_signal_stops_a_sweep_cleanly_and_it_resumes(
         "mlflow_model=none",
     ]
     running = 1 if "basic" in launcher else 2
-    sweep = subprocess.Popen(
+    sweep = popen(
         cli(*args),
-        cwd=tmp_path,
-        env=cli_env(),
+        tmp_path,
+        cli_env(),
         start_new_session=True,  # a process group, as a terminal makes one
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -288,7 +290,7 @@ def test_a_signal_stops_a_sweep_cleanly_and_it_resumes(
 @pytest.mark.timeout(1200)  # four sweeps of 12 trials on two cores; each may take 900 s
 def test_four_workers_share_one_study_and_one_mlflow_store(tmp_path: Path):
     def worker(seed: int) -> subprocess.Popen[str]:
-        return subprocess.Popen(
+        return popen(
             cli(
                 "-m",
                 "hparams_search=mlp",
@@ -340,9 +342,7 @@ def parallel_sweep(tmp_path: Path, program: list[str]) -> tuple[FrozenTrial, Fro
     args += ["trainer.max_epochs=choice(1,100)", "optimizer=adam", "optimizer.lr=0.01"]
     args += ["callbacks.early_stopping.patience=100", "callbacks.progress_bar.refresh_rate=0"]
     args += ["mlflow_model=none"]
-    result = subprocess.run(
-        [*program, *args], cwd=tmp_path, env=cli_env(), capture_output=True, text=True
-    )
+    result = run([*program, *args], tmp_path, cli_env())
     assert result.returncode == 0, result.stderr[-3000:]
     first, second, third = assert_optuna_and_mlflow_agree(tmp_path, "parallel").trials
     assert [t.params["trainer.max_epochs"] for t in (first, second, third)] == [100, 1, 1]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli, cli_env, objectives, run_cli
+from conftest import cli, cli_env, objectives, popen, run_cli
 from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -161,10 +161,10 @@ def test_compile_runs_and_keeps_checkpoint_keys(tmp_path: Path):
 )
 @pytest.mark.cli
 def test_a_signal_stops_a_run_and_closes_it_killed(stop, status: int, said: str, tmp_path: Path):
-    run = subprocess.Popen(
+    run = popen(
         cli("trainer.max_epochs=1000", "callbacks.early_stopping.patience=1000"),
-        cwd=tmp_path,
-        env=cli_env(),
+        tmp_path,
+        cli_env(),
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -201,7 +201,7 @@ def test_a_stopped_run_resumes_from_its_last_checkpoint_to_the_same_metrics(tmp_
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     (tmp_path / "stopped").mkdir()
-    run = subprocess.Popen(cli(*args), cwd=tmp_path / "stopped", env=cli_env())
+    run = popen(cli(*args), tmp_path / "stopped", cli_env())
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not list(
         tmp_path.glob("stopped/outputs/*/*/checkpoints/last.ckpt")

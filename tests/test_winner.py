@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import requests
 from conftest import ROOT, cli, cli_env, make_server, run_cli
+from conftest import run as run_command
 from mlflow import MlflowClient
 
 from hydra_plugins.lit_tune_sweeper.storage import open_storage
@@ -45,7 +46,7 @@ def env(cwd: Path) -> dict[str, str]:
 
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`python train.py ARGS` in `cwd`, MLflow URIs resolved in its store."""
-    return subprocess.run(cli(*args), cwd=cwd, env=env(cwd), capture_output=True, text=True)
+    return run_command(cli(*args), cwd, env(cwd))
 
 
 def trial_run(cwd: Path, number: int):
