@@ -4,9 +4,10 @@ torch again for every command (8 s of CPU each, measured 2026-12-06; the command
 takes less). The forked process is a real process of its own (its own pid, session, signals,
 stdio, cwd and environment); it runs the script as `python SCRIPT` would, through runpy.
 
-Not for what happens before a script runs: commands whose environment differs from the
-server's in what Python or torch read at start-up (`STARTUP`), `-m` and console scripts start
-fresh, as does every command with LIT_TUNE_TEST_FRESH=1.
+Not for what happens before a script runs: `-c` and `-m`, commands whose environment differs
+from the server's in what Python or torch read at start-up (`STARTUP`), and a PYTHONPATH that
+shadows a module the server has imported start fresh, as does every command with
+LIT_TUNE_TEST_FRESH=1. Console scripts of this Python are served.
 
 Run as a script, this is the server: `python tests/zygote.py SOCKET`.
 """
@@ -157,7 +158,9 @@ class Forked:
         if self.returncode is None:
             if not self._ready(timeout):
                 raise subprocess.TimeoutExpired(self.args, timeout or 0)
-            self.returncode = int(self._conn.recv(64))
+            answer = self._conn.recv(64)
+            assert answer, f"the zygote died before {self.args} ended"
+            self.returncode = int(answer)
             self._conn.close()
         return self.returncode
 
