@@ -92,3 +92,35 @@ def test_a_module_the_server_has_imported_shadowed_on_pythonpath_starts_fresh(tm
     assert isinstance(process, subprocess.Popen)
     out, _ = process.communicate(timeout=60)
     assert out.split() == ["stand-in", str(os.getpid())]
+
+
+ENDINGS = {
+    "returns": "print('done', end='')",  # unflushed at the end: flushed on the way out
+    "exits 7": "import sys; sys.exit(7)",
+    "exits with a message": "import sys; sys.exit('stopped: a message')",
+    "raises": "raise ValueError('bad')",
+    "ctrl-c": "raise KeyboardInterrupt",
+    "exit handler and thread": (
+        "import atexit, threading, time\n"
+        "atexit.register(lambda: print('handler ran', flush=True))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.5), print('thread ended'))).start()"
+    ),
+}
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_a_forked_command_ends_as_a_fresh_python_does(
+    ending: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # Status, output, traceback: a forked command leaves without tearing its modules down
+    # (tests/zygote.py, `leave`), after what Python does first on the way out.
+    script = tmp_path / "end.py"
+    script.write_text(ENDINGS[ending] + "\n")
+    ended = []
+    for fresh in (True, False):
+        with monkeypatch.context() as patched:
+            if fresh:
+                patched.setenv(FRESH, "1")
+            done = run([sys.executable, str(script)], tmp_path, cli_env())
+        ended.append((done.returncode, done.stdout, done.stderr))
+    assert ended[1] == ended[0]

@@ -282,8 +282,51 @@ class Zygote:
             self.server.wait(30)
 
 
+def exit_status(error: BaseException | None) -> int | str:
+    """The exit status Python gives a script that ended with `error`; "SIGINT" for Ctrl-C,
+    which Python turns into death by SIGINT."""
+    if error is None:
+        return 0
+    if isinstance(error, SystemExit):
+        return 0 if error.code is None else error.code if isinstance(error.code, int) else 1
+    return "SIGINT" if isinstance(error, KeyboardInterrupt) else 1
+
+
 if __name__ == "__main__":
+    import atexit
     import runpy
 
+    status: list[int | str] = []
+
+    def leave() -> None:
+        """The last exit handler (registered before any other): exit without tearing down the
+        modules. A forked child that does so touches the server's whole heap, its pages
+        copied one by one: 2 s of a no-op command's 2.1 s (measured 2026-12-06). What a
+        script's exit does before this is done as Python does it: its non-daemon threads
+        joined, then every other exit handler (logging's, MLflow's), then stdio flushed."""
+        if not status:  # the server
+            return
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        if status[0] == "SIGINT":
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        os._exit(int(status[0]))
+
+    atexit.register(leave)
     script = become(serve(sys.argv[1]))
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as stop:
+        status.append(exit_status(stop))
+        raise  # Python prints a message given, then runs the exit handlers
+    except BaseException as error:  # reported as Python would: from the script's frame on
+        status.append(exit_status(error))
+        tb = error.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != script:
+            tb = tb.tb_next
+        tb = tb or error.__traceback__
+        sys.excepthook(type(error), error.with_traceback(tb), tb)
+        sys.exit(1)
+    status.append(0)
