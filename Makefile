@@ -31,9 +31,11 @@ $(STAMP): pyproject.toml $(SWEEPER)/pyproject.toml
 # launchers, PostgreSQL's binaries as a wheel for the throwaway test cluster, Playwright).
 DEV_STAMP := $(VENV)/.dev-installed
 dev: $(DEV_STAMP)
-$(DEV_STAMP): $(STAMP)
+# On a fresh clone one pip command for both (resolved once, each editable built once).
+$(DEV_STAMP): pyproject.toml $(SWEEPER)/pyproject.toml
+	test -x $(PY) || ($(PYTHON) -m venv $(VENV) && $(PY) -m pip install --quiet --upgrade pip)
 	$(PY) -m pip install --quiet -e './$(SWEEPER)[lightning]' -e '.[dev]'
-	touch $(DEV_STAMP)
+	touch $(STAMP) $(DEV_STAMP)
 
 # The browser test (tests/test_ui.py) drives Debian's Chromium: Playwright downloads no browser.
 # Only `make test` asks for it.

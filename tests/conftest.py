@@ -45,9 +45,9 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The files with tests that train (`slow`) first, then those that run a command (`cli`),
-    the in-process ones last: xdist hands tests out in this order, so the two workers end
-    together on short tests instead of one waiting for the other's last long one. A file's
-    tests stay together, so that its module fixtures are set up once."""
+    the in-process ones last: xdist hands the files out in this order (pyproject: --dist
+    loadfile), so the two workers end together on short files instead of one waiting for the
+    other's last long one. A file's tests run on one worker: its module fixtures once."""
 
     def order(item: pytest.Item) -> int:
         return 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("cli") else 2

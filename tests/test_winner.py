@@ -21,8 +21,8 @@ from mlflow import MlflowClient
 from hydra_plugins.lit_tune_sweeper.storage import open_storage
 from lit_tune.data import Digits
 
-# One worker runs them all, so that the module's sweep runs once (pyproject: --dist loadgroup).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("winner")]
+# One worker runs them all, so that the module's sweep runs once (pyproject: --dist loadfile).
+pytestmark = pytest.mark.slow
 SHORT = ["trainer.max_epochs=3", "callbacks.progress_bar.refresh_rate=0"]
 MID, BAD, GOOD = 1e-4, 1e-6, 0.01  # learning rates of Adam on digits, worst to best: BAD, MID, GOOD
 SWEEP = [
