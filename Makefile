@@ -21,9 +21,9 @@ install: $(STAMP)
 # The sweeper (plugins/hydra_lit_tune_sweeper) in the same command as lit_tune, which needs it:
 # pip takes it from here, never from the index. Python packages only: nothing from apt.
 SWEEPER := plugins/hydra_lit_tune_sweeper
+NEW_VENV = test -x $(PY) || ($(PYTHON) -m venv $(VENV) && $(PY) -m pip install --quiet --upgrade pip)
 $(STAMP): pyproject.toml $(SWEEPER)/pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(NEW_VENV)
 	$(PY) -m pip install --quiet -e './$(SWEEPER)[lightning]' -e .
 	touch $(STAMP)
 
@@ -33,7 +33,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 dev: $(DEV_STAMP)
 # On a fresh clone one pip command for both (resolved once, each editable built once).
 $(DEV_STAMP): pyproject.toml $(SWEEPER)/pyproject.toml
-	test -x $(PY) || ($(PYTHON) -m venv $(VENV) && $(PY) -m pip install --quiet --upgrade pip)
+	$(NEW_VENV)
 	$(PY) -m pip install --quiet -e './$(SWEEPER)[lightning]' -e '.[dev]'
 	touch $(STAMP) $(DEV_STAMP)
 

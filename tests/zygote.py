@@ -286,11 +286,9 @@ class Zygote:
             self.server.wait(30)
 
 
-def exit_status(error: BaseException | None) -> int | str:
+def exit_status(error: BaseException) -> int | str:
     """The exit status Python gives a script that ended with `error`; "SIGINT" for Ctrl-C,
     which Python turns into death by SIGINT."""
-    if error is None:
-        return 0
     if isinstance(error, SystemExit):
         return 0 if error.code is None else error.code if isinstance(error.code, int) else 1
     return "SIGINT" if isinstance(error, KeyboardInterrupt) else 1
