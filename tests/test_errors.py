@@ -123,6 +123,11 @@ CASES = {
         "hydra.sweeper.max_failure_rate=2.0: must be in [0, 1]",
         2,
     ),
+    "no threads": (
+        [*SWEEP, "hydra.sweeper.resources.threads=0"],
+        "hydra.sweeper.resources.threads=0: auto, null or an integer > 0",
+        2,
+    ),
     "direction and objective.mode both given, and at odds": (
         [*SWEEP, "hydra.sweeper.direction=minimize", "objective.mode=max"],
         "hydra.sweeper.direction=minimize, objective.mode=max: give one of the two, the other "

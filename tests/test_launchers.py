@@ -28,7 +28,8 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from hydra_plugins.lit_tune_sweeper._launchers import gpu_override, gpus_to_share
+from hydra_plugins.lit_tune_sweeper._errors import ConfigError
+from hydra_plugins.lit_tune_sweeper._resources import gpu_override, gpus_to_share
 from hydra_plugins.lit_tune_sweeper._study import counts
 from hydra_plugins.lit_tune_sweeper.storage import sqlite_lock
 
@@ -182,7 +183,7 @@ def test_local_worker_processes_take_a_gpu_each(
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     cfg = compose_cfg("hparams_search=mlp", "hydra.sweeper.n_jobs=4", *overrides)
     sweeper = built_sweeper(cfg)
-    assert gpus_to_share(sweeper.launcher, sweeper.gpu_override) == shared
+    assert gpus_to_share(sweeper.launcher, sweeper.gpu_override, 4, "auto") == shared
     # Four trial slots on three GPUs: the fourth takes turns with the first.
     template = "trainer.devices=[{gpu}]"
     assert [gpu_override(slot, 3, template) for slot in range(4)] == [
@@ -191,6 +192,36 @@ def test_local_worker_processes_take_a_gpu_each(
     # One GPU or none: nothing to share; no template (another app): nothing to override.
     assert gpu_override(0, 1, template) == gpu_override(2, 0, template) == []
     assert gpu_override(1, 3, None) == []
+
+
+@pytest.mark.parametrize(
+    "n_jobs, per_gpu, spread",
+    [(4, "auto", 3), (4, 2, 2), (4, 4, 1), (2, 1, 2), (1, "auto", 3)],
+)
+def test_trials_per_gpu_packs_the_slots_on_as_few_gpus_as_it_needs(
+    n_jobs: int, per_gpu: object, spread: int, compose_cfg, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    cfg = compose_cfg(
+        "hparams_search=mlp", "hydra/launcher=joblib", f"hydra.sweeper.n_jobs={n_jobs}"
+    )
+    sweeper = built_sweeper(cfg)
+    gpus = gpus_to_share(sweeper.launcher, sweeper.gpu_override, n_jobs, per_gpu)
+    assert gpus == spread
+    placed = [gpu_override(slot, gpus, sweeper.gpu_override) for slot in range(n_jobs)]
+    if spread == 1:  # one GPU: each trial takes the first, as with no override
+        assert placed == [[]] * n_jobs
+    else:
+        on = [int(o[0].removeprefix("trainer.devices=[").removesuffix("]")) for o in placed]
+        assert max(on.count(g) for g in set(on)) == -(-n_jobs // spread)  # ceil
+
+
+def test_more_trials_than_the_gpus_hold_are_refused(compose_cfg, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    cfg = compose_cfg("hparams_search=mlp", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=8")
+    sweeper = built_sweeper(cfg)
+    with pytest.raises(ConfigError, match=r"trials_per_gpu=2: n_jobs=8 .* need 4 GPUs, .* has 3"):
+        gpus_to_share(sweeper.launcher, sweeper.gpu_override, 8, 2)
 
 
 def built_sweeper(cfg: DictConfig) -> Any:

@@ -34,7 +34,7 @@ from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from . import _launchers
+from . import _launchers, _resources
 from ._diverged import SeesDiverged
 from ._errors import ConfigError, SweepError, first_line
 from ._quiet import quiet
@@ -76,6 +76,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         metric: str | None,
         max_resource: Any,
         gpu_override: str | None,
+        resources: DictConfig,
         mlflow: DictConfig,
         verbose: bool = False,
     ) -> None:
@@ -113,6 +114,8 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         self.refine = refine
         self.metric = metric
         self.gpu_override = gpu_override
+        _resources.check(resources)
+        self.resources = resources
         self.verbose = verbose
         self.lock = threading.Lock()
         self.parent: ParentRun | None = None
@@ -274,7 +277,8 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             self._pin("job.env_set", **parent.job_env(study.study_name))
         status, started = "FAILED", time.monotonic()
         try:
-            with interrupt_on_sigterm():
+            threads = _resources.threads_per_trial(self.resources.threads, slots, self.launcher)
+            with interrupt_on_sigterm(), _resources.thread_limit(threads):
                 self._run(study, slots, distributions, fixed, fixed_overrides)
             status = "FINISHED"
         except KeyboardInterrupt:
@@ -359,7 +363,9 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         started = time.monotonic()
         too_many_failures = False
         free, taken = list(range(slots)), dict[Future[JobReturn], int]()  # slot of each trial
-        gpus = _launchers.gpus_to_share(self.launcher, self.gpu_override)
+        gpus = _resources.gpus_to_share(
+            self.launcher, self.gpu_override, slots, self.resources.trials_per_gpu
+        )
         assert self.rdb is not None
         while True:
             while len(running) < slots and not too_many_failures:
@@ -373,7 +379,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 # The trial's whole command line, for rerunning it (`python app.py <these>`).
                 trial.set_user_attr(OVERRIDES_ATTR, [mask(str(o)) for o in overrides])
                 slot = free.pop(0)
-                overrides = [*overrides, *_launchers.gpu_override(slot, gpus, self.gpu_override)]
+                overrides = [*overrides, *_resources.gpu_override(slot, gpus, self.gpu_override)]
                 with self.lock:
                     future = pool.submit(self._launch, overrides, trial.number)
                     running[future], taken[future] = (trial, trial_id), slot

@@ -1,5 +1,5 @@
-"""What the sweeper does for particular Hydra launchers: start Ray once, share out GPUs to
-joblib's worker processes, turn a broken launch into a failed trial."""
+"""What the sweeper does for particular Hydra launchers: start Ray once, turn a broken launch
+into a failed trial (GPUs for joblib's workers: _resources)."""
 
 from __future__ import annotations
 
@@ -28,26 +28,6 @@ def start(launcher: Any) -> None:
         start_ray(init)
     except Exception as error:  # a bad argument, or no cluster at the address
         raise ConfigError(f"hydra.launcher.ray.init: {first_line(error)}") from error
-
-
-def gpus_to_share(launcher: Any, template: str | None) -> int:
-    """How many GPUs the trials of this machine's worker processes (joblib) share out, one
-    each: this machine's count when the sweeper has a `gpu_override`; else 0."""
-    if template is None or type(launcher).__name__ != "JoblibLauncher":
-        return 0  # Ray and SLURM give each job its GPUs (ray.remote.num_gpus, gpus_per_task)
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count()
-
-
-def gpu_override(slot: int, gpus: int, template: str | None) -> list[str]:
-    """The override that runs the trial in trial slot `slot` on a GPU of its own, when there
-    are several GPUs to share (with more slots than GPUs, slots take turns: k % gpus)."""
-    if template is None or gpus <= 1:
-        return []
-    return [template.format(gpu=slot % gpus)]
 
 
 def job_return(future: Future[JobReturn]) -> JobReturn:

@@ -98,6 +98,19 @@ class RefineConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """What each of the trials that run at once on this machine gets (_resources.py)."""
+
+    # CPU threads per trial (OMP_NUM_THREADS, MKL_NUM_THREADS, ... for the worker processes):
+    # auto: this machine's CPUs // n_jobs (every core with n_jobs=1); an integer; null: the
+    # environment as it is.
+    threads: Any = "auto"
+    # With gpu_override: auto spreads the trial slots over every GPU (ceil(n_jobs / GPUs) on
+    # one); an integer k packs k trials on a GPU, on as few GPUs as that needs.
+    trials_per_gpu: Any = "auto"
+
+
+@dataclass
 class MLflowConfig:
     """Where the sweep's parent run goes; the trials' runs nest under it (the plugin's README)."""
 
@@ -143,6 +156,7 @@ class LitTuneSweeperConf(OptunaSweeperConf):
     # With the joblib launcher on a machine with several GPUs: the override that puts a trial
     # on GPU {gpu} (lit_tune: trainer.devices=[{gpu}]), one GPU per trial slot. None: nothing.
     gpu_override: str | None = None
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     # false: the sweep's output is one line per finished trial (and the launcher's, Optuna's
     # and the heartbeat's chatter goes); true: everything the libraries say.
