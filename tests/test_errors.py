@@ -123,6 +123,16 @@ CASES = {
         "hydra.sweeper.max_failure_rate=2.0: must be in [0, 1]",
         2,
     ),
+    "no patience": (
+        [*SWEEP, "hydra.sweeper.stop.patience=0"],
+        "hydra.sweeper.stop.patience=0: must be > 0 (or null)",
+        2,
+    ),
+    "a target for several objectives": (
+        [*SWEEP, "hparams_search=multi_objective", "hydra.sweeper.stop.target=0.9"],
+        "hydra.sweeper.stop.target, stop.patience: a multi-objective study has no best",
+        2,
+    ),
     "no threads": (
         [*SWEEP, "hydra.sweeper.resources.threads=0"],
         "hydra.sweeper.resources.threads=0: auto, null or an integer > 0",

@@ -41,6 +41,7 @@ from ._quiet import quiet
 from ._refine import refined_params
 from ._report import ParentRun, tracking_uri
 from ._signals import STOP, interrupt_on_sigterm, stop_signal, stopped_by
+from ._stopping import Stopping
 from ._study import (
     FAIL_REASON,
     INTERRUPTED,
@@ -77,6 +78,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         max_resource: Any,
         gpu_override: str | None,
         resources: DictConfig,
+        stop: DictConfig,
         mlflow: DictConfig,
         verbose: bool = False,
     ) -> None:
@@ -109,6 +111,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             params,
         )
         self.pruner = build(pruner)
+        self.stopping = Stopping(stop, self._get_directions())
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.refine = refine
@@ -289,10 +292,11 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 name,
             )
         finally:
+            stopped = self.stopping.why
             log_summary(study, time.monotonic() - started)
-            write_results(study, str(self.cfg.hydra.sweep.dir))
+            write_results(study, str(self.cfg.hydra.sweep.dir), stopped)
             if parent is not None:
-                parent.close(study, status)
+                parent.close(study, status, stopped)
         if status == "KILLED":
             raise SystemExit(128 + stop_signal())  # as a shell reports a signal: 130, 143
 
@@ -363,12 +367,13 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         started = time.monotonic()
         too_many_failures = False
         free, taken = list(range(slots)), dict[Future[JobReturn], int]()  # slot of each trial
+        self.stopping.begin(study)
         gpus = _resources.gpus_to_share(
             self.launcher, self.gpu_override, slots, self.resources.trials_per_gpu
         )
         assert self.rdb is not None
         while True:
-            while len(running) < slots and not too_many_failures:
+            while len(running) < slots and not too_many_failures and not self._stops(study):
                 asked = ask(study, self.rdb, self.n_trials)
                 if asked is None:
                     break
@@ -385,7 +390,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                     running[future], taken[future] = (trial, trial_id), slot
             if not running:
                 done, others, _ = budget_used(study)
-                if too_many_failures or not others or done >= self.n_trials:
+                if too_many_failures or self.stopping.why or not others or done >= self.n_trials:
                     return
                 time.sleep(self.heartbeat_interval)  # another worker's trials, or stale
                 continue
@@ -400,11 +405,21 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                     running.pop(future)
                 free.append(taken.pop(future))
                 frozen = self.rdb.get_trial(trial_id)
+                self.stopping.saw(frozen)
                 if self.parent is not None:
                     self._record(study, frozen)
                 log_progress(study, frozen, self.n_trials, started)
             _, _, failed = budget_used(study)
             too_many_failures = failed > self.max_failure_rate * self.n_trials
+
+    def _stops(self, study: optuna.Study) -> bool:
+        """Whether this run launches no more trials (hydra.sweeper.stop); said once."""
+        if self.stopping.why is not None:
+            return True
+        why = self.stopping.reason(study)
+        if why is not None:
+            log.info("Stopping early, %s: %s; the running trials finish", *why)
+        return why is not None
 
     def _stop_running(
         self, study: optuna.Study, running: dict[Future[JobReturn], tuple[optuna.Trial, int]]

@@ -227,12 +227,18 @@ class ParentRun:
             )
         )
 
-    def close(self, study: optuna.Study, status: str) -> None:
-        """Log the best trial, the trials table and Optuna's plots; register the best model.
+    def close(
+        self, study: optuna.Study, status: str, stopped: tuple[str, str] | None = None
+    ) -> None:
+        """Log the best trial, the trials table and Optuna's plots; register the best model;
+        tag why the run stopped early (`stopped_by`, `stop_reason`), if it did.
         Every worker of a shared study does this as it ends. On SQLite they take turns
         through the store's lock file; elsewhere MLflow's tag insert can race another
         worker's (UNIQUE constraint), and a second try updates what the first inserted."""
         try:
+            if stopped is not None:
+                self.client.set_tag(self.run_id, "stopped_by", stopped[0])
+                self.client.set_tag(self.run_id, "stop_reason", stopped[1])
             for attempt in (1, 2, 3):
                 try:
                     with sqlite_lock(self.client.tracking_uri):

@@ -189,10 +189,15 @@ def log_summary(study: optuna.Study, elapsed: float) -> None:
     )
 
 
-def write_results(study: optuna.Study, sweep_dir: str) -> None:
+def write_results(
+    study: optuna.Study, sweep_dir: str, stopped: tuple[str, str] | None = None
+) -> None:
     """`optimization_results.yaml` in `sweep_dir`, as the stock sweeper writes it: the best
-    params and value, or the Pareto front of a multi-objective study."""
+    params and value, or the Pareto front of a multi-objective study; and, for a run that
+    stopped early (hydra.sweeper.stop), `stopped: {by: <setting>, reason: <in words>}`."""
     results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name}
+    if stopped is not None:
+        results["stopped"] = {"by": stopped[0], "reason": stopped[1]}
     try:
         if len(study.directions) == 1:
             results |= {"best_params": study.best_trial.params, "best_value": study.best_value}

@@ -111,6 +111,21 @@ class ResourcesConfig:
 
 
 @dataclass
+class StopConfig:
+    """Stop launching trials before n_trials when the study has done enough (_stopping.py);
+    the running trials finish, and the results file and the parent run say why."""
+
+    # Once the best value reaches this (>= when maximizing, <= when minimizing).
+    target: float | None = None
+    # After this many finished trials of this run without an improvement of more than
+    # min_delta (pruned and failed trials count as none).
+    patience: int | None = None
+    min_delta: float = 0.0
+    # After this many seconds of this run.
+    timeout: float | None = None
+
+
+@dataclass
 class MLflowConfig:
     """Where the sweep's parent run goes; the trials' runs nest under it (the plugin's README)."""
 
@@ -157,6 +172,7 @@ class LitTuneSweeperConf(OptunaSweeperConf):
     # on GPU {gpu} (lit_tune: trainer.devices=[{gpu}]), one GPU per trial slot. None: nothing.
     gpu_override: str | None = None
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    stop: StopConfig = field(default_factory=StopConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     # false: the sweep's output is one line per finished trial (and the launcher's, Optuna's
     # and the heartbeat's chatter goes); true: everything the libraries say.
