@@ -34,7 +34,7 @@ from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from . import _launchers, _resources
+from . import _launchers, _resources, _warm_start
 from ._diverged import SeesDiverged
 from ._errors import ConfigError, SweepError, first_line
 from ._quiet import quiet
@@ -79,6 +79,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         gpu_override: str | None,
         resources: DictConfig,
         stop: DictConfig,
+        warm_start: DictConfig,
         mlflow: DictConfig,
         verbose: bool = False,
     ) -> None:
@@ -112,6 +113,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         )
         self.pruner = build(pruner)
         self.stopping = Stopping(stop, self._get_directions())
+        self.warm_start = warm_start
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.refine = refine
@@ -169,7 +171,9 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         prefix = self.cfg.hydra.sweeper.mlflow.experiment or self.cfg.hydra.job.name
         return f"{prefix}-{datetime.now():%Y-%m-%d_%H-%M-%S}"
 
-    def _open_study(self, url: str, name: str) -> optuna.Study:
+    def _open_study(
+        self, url: str, name: str, prior: list[FrozenTrial] | None = None
+    ) -> optuna.Study:
         self.rdb = storage = open_storage(
             url,
             heartbeat_interval=self.heartbeat_interval,
@@ -192,7 +196,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         ):
             # A resumed (or shared) study must not replay the random draws its first run made.
             study.sampler = self.sampler = self._build_sampler(seed=self._seed + len(study.trials))
-        study.sampler = SeesDiverged(study.sampler)
+        study.sampler = SeesDiverged(study.sampler, prior or [])
         stored = [d.name.lower() for d in study.directions]
         if stored != [d.lower() for d in directions]:
             raise ConfigError(
@@ -229,6 +233,21 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
         return distributions, fixed, fixed_overrides
 
+    def _warm_start_from(
+        self, url: str, distributions: dict[str, BaseDistribution]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[FrozenTrial]]:
+        """(the user's points, the other study's top k, its trials for the sampler), checked
+        against the search space before the study is opened."""
+        settings = self.warm_start
+        if not (settings.points or settings.from_study):
+            return [], [], []
+        if isinstance(self.sampler, optuna.samplers.GridSampler):
+            raise ConfigError(f"{_warm_start.KEY}: the grid sampler runs every point anyway")
+        given = _warm_start.points(settings, distributions)
+        storage = open_storage(url) if settings.from_study else None
+        top, prior = _warm_start.source_trials(settings, storage, distributions)
+        return given, top, prior
+
     # -- one trial ---------------------------------------------------------------------------
 
     def _launch(self, overrides: Sequence[str], number: int) -> JobReturn:
@@ -263,7 +282,10 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             uri = tracking_uri(settings.tracking_uri, self.cfg.hydra.runtime.cwd)
             stores["hydra.sweeper.mlflow.tracking_uri"] = uri
         check_parallel_sqlite(stores, slots > 1)
-        study = self._open_study(url, name)
+        given, top, prior = self._warm_start_from(url, distributions)
+        study = self._open_study(url, name, prior)
+        if not study.trials:  # a new study: a resumed one has had its warm start
+            _warm_start.enqueue(study, given, top, str(self.warm_start.from_study))
         log.info(
             "Study '%s' in %s: %d trials in all, %d at a time, sampler %s, pruner %s",
             name,

@@ -9,6 +9,9 @@ of 22 trials that way and stopped at `max_failure_rate` (docs/benchmarks.md).
 `SeesDiverged` wraps the configured sampler. When it samples, the sampler sees each diverged
 trial as PRUNED before its first report: the worst kind of trial TPE knows, which it counts
 among the bad ones. Everything else (the study, its plots, MLflow) still sees FAIL.
+
+The sampler also sees the prior trials of a warm start (`_warm_start`), as if they were the
+study's own; nothing else does.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ DIVERGED = "diverged"  # user attr (true) of a FAIL trial whose loss or objectiv
 
 
 class _StudyView:
-    """The study as the sampler sees it: diverged FAIL trials are PRUNED."""
+    """The study as the sampler sees it: diverged FAIL trials are PRUNED; `prior` trials
+    (completed, of another study) come first."""
 
-    def __init__(self, study: optuna.Study) -> None:
+    def __init__(self, study: optuna.Study, prior: Sequence[FrozenTrial] = ()) -> None:
         self._study = study
+        self._prior = prior
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -43,7 +48,7 @@ class _StudyView:
         asked = states
         if states is not None and TrialState.PRUNED in states:
             asked = (*[s for s in TrialState if s in states], TrialState.FAIL)
-        shown = []
+        shown = [t for t in self._prior if states is None or t.state in states]
         for trial in self._study._get_trials(deepcopy=deepcopy, states=asked, use_cache=use_cache):
             if trial.state == TrialState.FAIL and trial.user_attrs.get(DIVERGED):
                 trial = copy.copy(trial)
@@ -63,21 +68,23 @@ class _StudyView:
 
 
 class SeesDiverged(BaseSampler):
-    """`sampler`, sampling as if each diverged trial had been pruned (see the module)."""
+    """`sampler`, sampling as if each diverged trial had been pruned and the `prior` trials
+    were the study's own (see the module)."""
 
-    def __init__(self, sampler: BaseSampler) -> None:
+    def __init__(self, sampler: BaseSampler, prior: Sequence[FrozenTrial] = ()) -> None:
         self.sampler = sampler
+        self.prior = list(prior)
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        view: Any = _StudyView(study)
+        view: Any = _StudyView(study, self.prior)
         return self.sampler.infer_relative_search_space(view, trial)
 
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        view: Any = _StudyView(study)
+        view: Any = _StudyView(study, self.prior)
         return self.sampler.sample_relative(view, trial, search_space)
 
     def sample_independent(
@@ -87,11 +94,11 @@ class SeesDiverged(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        view: Any = _StudyView(study)
+        view: Any = _StudyView(study, self.prior)
         return self.sampler.sample_independent(view, trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        view: Any = _StudyView(study)
+        view: Any = _StudyView(study, self.prior)
         self.sampler.before_trial(view, trial)
 
     def after_trial(

@@ -126,6 +126,19 @@ class StopConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    """What a new study tries, or learns from, first (_warm_start.py)."""
+
+    # Parameter sets to try first, each a mapping (partial: the sampler picks the rest).
+    points: list[Any] = field(default_factory=list)
+    # Another study in the same storage: its top_k parameter sets that fit this space are
+    # tried next; as_prior: the sampler also learns from its completed trials that fit.
+    from_study: str | None = None
+    top_k: int = 5
+    as_prior: bool = False
+
+
+@dataclass
 class MLflowConfig:
     """Where the sweep's parent run goes; the trials' runs nest under it (the plugin's README)."""
 
@@ -173,6 +186,7 @@ class LitTuneSweeperConf(OptunaSweeperConf):
     gpu_override: str | None = None
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     stop: StopConfig = field(default_factory=StopConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
     # false: the sweep's output is one line per finished trial (and the launcher's, Optuna's
     # and the heartbeat's chatter goes); true: everything the libraries say.
