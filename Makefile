@@ -14,7 +14,7 @@ BACKEND ?= sqlite:///$(MLRUNS)/server.db
 # sudo for apt (make test's browser, make postgres) when we are not root.
 SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo))
 
-.PHONY: install dev browser train sweep sweep-mnist where best eval predict serve bench test test-fast lint ui dashboard tensorboard server postgres postgres-stop clean distclean
+.PHONY: install dev browser train sweep sweep-mnist where best eval predict serve bench bench-search test test-fast lint ui dashboard tensorboard server postgres postgres-stop clean distclean
 
 install: $(STAMP)
 
@@ -92,6 +92,14 @@ bench: install  ## benchmarks (not tests); DATA_DIR holds MNIST/raw
 	$(PY) bench/speed.py --data-dir $(DATA_DIR)
 	$(PY) bench/pruning.py --data-dir $(DATA_DIR) --trials 40 --epochs 15 --train-fraction 0.25 \
 		--seeds $(SEEDS) --variant hydra/sweeper/pruner=successive_halving
+
+# Random, TPE, TPE + successive halving and GP on the same budget: best val/acc against wall time
+# and epochs (docs/img/search-*.png). About 15 (digits) and 20 (MNIST) minutes a seed on a
+# 2-core CPU; resumes like `bench`.
+bench-search: install  ## search quality of the samplers; DATA_DIR holds MNIST/raw
+	$(PY) bench/search.py --trials 40 --epochs 20 --seeds $(SEEDS)
+	$(PY) bench/search.py --dataset mnist --data-dir $(DATA_DIR) --trials 40 --epochs 15 \
+		--train-fraction 0.25 --seeds $(SEEDS)
 
 test: dev browser
 	$(PY) -m pytest -n 2 $(ARGS)
