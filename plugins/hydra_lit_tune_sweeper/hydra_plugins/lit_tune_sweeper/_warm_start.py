@@ -34,11 +34,11 @@ ORIGIN = "warm_start"  # user attr of an enqueued trial: where its parameters ca
 def _space(dist: BaseDistribution) -> str:
     if isinstance(dist, CategoricalDistribution):
         return f"one of {', '.join(map(str, dist.choices))}"
+    numeric: Any = dist  # an Int- or FloatDistribution
     kind = "integers" if isinstance(dist, IntDistribution) else "values"
-    step = getattr(dist, "step", None)
-    scale = ", log scale" if getattr(dist, "log", False) else ""
-    every = f" in steps of {step}" if step not in (None, 1) else ""
-    return f"{kind} in [{dist.low}, {dist.high}]{every}{scale}"
+    scale = ", log scale" if numeric.log else ""
+    every = f" in steps of {numeric.step}" if numeric.step not in (None, 1) else ""
+    return f"{kind} in [{numeric.low}, {numeric.high}]{every}{scale}"
 
 
 def inside(dist: BaseDistribution, value: Any) -> bool:
