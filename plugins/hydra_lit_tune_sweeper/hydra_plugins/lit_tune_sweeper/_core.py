@@ -125,6 +125,7 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         self.lock = threading.Lock()
         self.parent: ParentRun | None = None
         self.rdb: RDBStorage | None = None  # the study's storage, once open
+        self.gpus = 0  # the GPUs this machine's trial slots spread over (_resources)
 
     @property
     def cfg(self) -> DictConfig:
@@ -282,6 +283,9 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
             uri = tracking_uri(settings.tracking_uri, self.cfg.hydra.runtime.cwd)
             stores["hydra.sweeper.mlflow.tracking_uri"] = uri
         check_parallel_sqlite(stores, slots > 1)
+        self.gpus = _resources.gpus_to_share(
+            self.launcher, self.gpu_override, slots, self.resources.trials_per_gpu
+        )
         given, top, prior = self._warm_start_from(url, distributions)
         study = self._open_study(url, name, prior)
         if not study.trials:  # a new study: a resumed one has had its warm start
@@ -390,9 +394,6 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
         too_many_failures = False
         free, taken = list(range(slots)), dict[Future[JobReturn], int]()  # slot of each trial
         self.stopping.begin(study)
-        gpus = _resources.gpus_to_share(
-            self.launcher, self.gpu_override, slots, self.resources.trials_per_gpu
-        )
         assert self.rdb is not None
         while True:
             while len(running) < slots and not too_many_failures and not self._stops(study):
@@ -406,7 +407,8 @@ class LitTuneSweeperImpl(OptunaSweeperImpl):
                 # The trial's whole command line, for rerunning it (`python app.py <these>`).
                 trial.set_user_attr(OVERRIDES_ATTR, [mask(str(o)) for o in overrides])
                 slot = free.pop(0)
-                overrides = [*overrides, *_resources.gpu_override(slot, gpus, self.gpu_override)]
+                gpu = _resources.gpu_override(slot, self.gpus, self.gpu_override)
+                overrides = [*overrides, *gpu]
                 with self.lock:
                     future = pool.submit(self._launch, overrides, trial.number)
                     running[future], taken[future] = (trial, trial_id), slot
