@@ -43,3 +43,14 @@ def test_tpe_stops_proposing_what_diverged_and_the_trials_stay_fail():
         assert seeing.best_value >= blind.best_value - 0.01, seed
         # The study itself still records them as FAIL, with nothing pruned.
         assert not any(t.state == TrialState.PRUNED for t in seeing.trials)
+
+
+def test_gp_stops_proposing_what_diverged():
+    # GP reads COMPLETE trials only: it sees a diverged one as complete with the worst value.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    blind = sweep(optuna.samplers.GPSampler(seed=0))
+    seeing = sweep(SeesDiverged(optuna.samplers.GPSampler(seed=0)))
+    assert failed(blind) >= 15
+    assert failed(seeing) <= failed(blind) / 2
+    assert seeing.best_value >= blind.best_value - 0.01
+    assert not any(t.state == TrialState.PRUNED for t in seeing.trials)
