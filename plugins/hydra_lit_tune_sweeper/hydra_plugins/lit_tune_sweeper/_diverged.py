@@ -11,7 +11,7 @@ PRUNED before its first report: the worst kind of trial TPE knows, which it coun
 bad ones. Every other sampler sees it COMPLETE with the worst value of the study's completed
 trials: Optuna's GP sampler reads only COMPLETE trials, and in the search benchmark it
 proposed diverging learning rates until 16 of 26 trials had failed and the sweep stopped at
-`max_failure_rate`, on two seeds of digits and one of MNIST (docs/benchmarks.md).
+`max_failure_rate`, on one seed of digits and one of MNIST (docs/benchmarks.md).
 Everything else (the study, its plots, MLflow) still sees FAIL.
 
 The sampler also sees the prior trials of a warm start (`_warm_start`), as if they were the
