@@ -140,10 +140,8 @@ def enqueue(
     for params, origin in zip([*given, *top], origins, strict=True):
         study.enqueue_trial(params, user_attrs={ORIGIN: origin}, skip_if_exists=True)
     if origins:
+        parts = [f"{len(given)} given"] if given else []
+        parts += [f"{len(top)} from study {source}"] if top else []
         log.info(
-            "Warm start: %d configuration(s) queued first (%d given, %d from study %s)",
-            len(origins),
-            len(given),
-            len(top),
-            source,
+            "Warm start: %d configuration(s) queued first (%s)", len(origins), ", ".join(parts)
         )
